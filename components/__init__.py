@@ -1,0 +1,1 @@
+"""clinflow pipeline stages: one KFP component per sub-package."""

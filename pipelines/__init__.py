@@ -1,0 +1,1 @@
+"""Pipeline factories, compilation, local runner and submission."""

@@ -1,0 +1,1 @@
+"""KServe model server for clinflow models."""
