@@ -102,10 +102,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model_dir = Path(args.model_dir)
         config = Path(args.serving_config) if args.serving_config else None
     else:
-        model_dir, config = model_artifacts_from_run(Path(args.run_dir) if args.run_dir else _latest_run(Path(args.runs_dir)))
+        model_dir, config = model_artifacts_from_run(
+            Path(args.run_dir) if args.run_dir else _latest_run(Path(args.runs_dir))
+        )
     command = server_command(model_dir, args.model_name, args.port, config)
-    print(f"serving {model_dir} as {args.model_name} on http://127.0.0.1:{args.port} "
-          f"(V1 /v1/models/{args.model_name}:predict, V2 /v2/models/{args.model_name}/infer)", flush=True)
+    print(
+        f"serving {model_dir} as {args.model_name} on http://127.0.0.1:{args.port} "
+        f"(V1 /v1/models/{args.model_name}:predict, V2 /v2/models/{args.model_name}/infer)",
+        flush=True,
+    )
     os.chdir(REPO_ROOT)
     os.execv(command[0], command)
     return 0  # pragma: no cover - execv does not return
@@ -119,8 +124,10 @@ def cmd_images(args: argparse.Namespace) -> int:
         print(images.image_tag())
         return 0
     for environment in images.ENVIRONMENTS:
-        print(f"{environment.reference(args.registry)}  <- images/{environment.name}/Dockerfile, "
-              f"{environment.lock_file.relative_to(REPO_ROOT)}, local twin .venvs/{environment.name}")
+        print(
+            f"{environment.reference(args.registry)}  <- images/{environment.name}/Dockerfile, "
+            f"{environment.lock_file.relative_to(REPO_ROOT)}, local twin .venvs/{environment.name}"
+        )
     return 0
 
 
@@ -157,8 +164,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         generate_fhir_bulk(data_dir, patients=args.patients, seed=args.seed)
     if not os.environ.get(HMAC_ENV_VAR):
         os.environ[HMAC_ENV_VAR] = secrets.token_hex(32)
-        print(f"demo: no ${HMAC_ENV_VAR} set, so this run uses an ephemeral random key; its pseudonyms "
-              "cannot be linked to any other run. Real runs must set the key from a secret.", flush=True)
+        print(
+            f"demo: no ${HMAC_ENV_VAR} set, so this run uses an ephemeral random key; its pseudonyms "
+            "cannot be linked to any other run. Real runs must set the key from a secret.",
+            flush=True,
+        )
     started = time.monotonic()
     result = _run_local(_default_spec(), {"source_uri": str(data_dir.resolve())}, runs_dir, None, args.quiet)
     print(f"demo: pipeline finished in {time.monotonic() - started:.0f}s", flush=True)
@@ -193,15 +203,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("compile", help="compile the pipeline(s) to pipelines/compiled/*.yaml")
-    p.add_argument("--output-dir", default=str(REPO_ROOT / "pipelines" / "compiled"),
-                   help="directory for the compiled IR YAML (default: %(default)s)")
+    p.add_argument(
+        "--output-dir",
+        default=str(REPO_ROOT / "pipelines" / "compiled"),
+        help="directory for the compiled IR YAML (default: %(default)s)",
+    )
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run the compiled pipeline locally (no Docker, no Kubernetes)")
     p.add_argument("--source", help="FHIR Bulk NDJSON directory (sets the source_uri parameter)")
     p.add_argument("--spec", default=str(_default_spec()), help="compiled pipeline YAML (default: %(default)s)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="pipeline parameter, repeatable (e.g. --param seed=7 --param epochs=20)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="pipeline parameter, repeatable (e.g. --param seed=7 --param epochs=20)",
+    )
     p.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help="where run directories go (default: %(default)s)")
     p.add_argument("--run-id", help="name of the run directory (default: <pipeline>-<UTC time>)")
     p.add_argument("--quiet", action="store_true", help="do not echo step output (still in <run>/logs/)")
@@ -210,8 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="submit the compiled pipeline to a Kubeflow Pipelines API")
     p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.org/pipeline")
     p.add_argument("--spec", default=str(_default_spec()), help="compiled pipeline YAML (default: %(default)s)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="pipeline parameter, repeatable; source_uri is required (e.g. /gcs/bucket/export)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="pipeline parameter, repeatable; source_uri is required (e.g. /gcs/bucket/export)",
+    )
     p.add_argument("--experiment", default="clinflow", help="experiment name, created if absent (default: %(default)s)")
     p.add_argument("--run-name", help="run display name (default: <pipeline>-<UTC time>)")
     p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")

@@ -74,9 +74,7 @@ def parse_line(name: str, number: int, line: str) -> dict[str, Any]:
             f"{name}:{number}: not valid JSON ({error.msg} at column {error.colno}); the line may be truncated"
         ) from error
     if not isinstance(value, dict):
-        raise UserError(
-            f"{name}:{number}: expected a JSON object (a FHIR resource), got {type(value).__name__}"
-        )
+        raise UserError(f"{name}:{number}: expected a JSON object (a FHIR resource), got {type(value).__name__}")
     return value
 
 
@@ -91,9 +89,7 @@ def iter_resources(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str
         yield number, parse_line(name, number, line)
 
 
-def write_resources(
-    path: str | os.PathLike[str], resources: Iterator[dict[str, Any]] | list[dict[str, Any]]
-) -> int:
+def write_resources(path: str | os.PathLike[str], resources: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> int:
     """Writes resources as compact NDJSON (gzipped when the name ends in ``.gz``).
 
     Returns:
@@ -101,7 +97,7 @@ def write_resources(
     """
     count = 0
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "wt", encoding="utf-8") as handle:  # type: ignore[operator]
+    with opener(path, "wt", encoding="utf-8") as handle:
         for resource in resources:
             handle.write(json.dumps(resource, separators=(",", ":"), ensure_ascii=False))
             handle.write("\n")

@@ -110,7 +110,12 @@ def v2_infer(base_url: str, model_name: str, rows: list[dict[str, float]]) -> di
     payload = {
         "id": "clinflow-demo",
         "inputs": [
-            {"name": name, "shape": [len(rows)], "datatype": "FP32", "data": [float(row[name]) for row in rows]}
+            {
+                "name": name,
+                "shape": [len(rows)],
+                "datatype": "FP32",
+                "data": [float(row[name]) for row in rows],
+            }
             for name in names
         ],
     }

@@ -3,7 +3,6 @@
 No ``from __future__ import annotations`` here: KFP reads the real annotations.
 """
 
-
 from kfp import dsl, kubernetes
 
 from clinflow.prediction_task import TARGET_DESCRIPTION

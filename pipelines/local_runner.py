@@ -136,7 +136,10 @@ def unsupported_features(spec: LoadedSpec) -> list[str]:
             problems.append(f"task {name}: conditions (dsl.If/dsl.Condition)")
         if task.WhichOneof("iterator"):
             problems.append(f"task {name}: loops (dsl.ParallelFor)")
-        if task.trigger_policy.strategy == pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.ALL_UPSTREAM_TASKS_COMPLETED:
+        if (
+            task.trigger_policy.strategy
+            == pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.ALL_UPSTREAM_TASKS_COMPLETED
+        ):
             problems.append(f"task {name}: exit handlers / run-after-failure tasks")
         component = spec.pipeline.components[task.component_ref.name]
         if component.WhichOneof("implementation") == "dag":
@@ -228,7 +231,9 @@ def _task_arguments(
     return arguments
 
 
-def _merge_output_metadata(executor_input: pipeline_spec_pb2.ExecutorInput) -> dict[str, pipeline_spec_pb2.RuntimeArtifact]:
+def _merge_output_metadata(
+    executor_input: pipeline_spec_pb2.ExecutorInput,
+) -> dict[str, pipeline_spec_pb2.RuntimeArtifact]:
     """Returns the task's output artifacts with metadata from its executor output file merged in."""
     written = executor_output_utils.load_executor_output(executor_input.outputs.output_file)
     outputs = {}
@@ -280,7 +285,9 @@ def _local_python(image: str) -> tuple[str, str]:
     """
     environment = environment_for_image(image)
     if environment is None:
-        raise UnsupportedFeatureError(f"image {image} is not a clinflow image; it cannot run without a container engine")
+        raise UnsupportedFeatureError(
+            f"image {image} is not a clinflow image; it cannot run without a container engine"
+        )
     expected_tag = environment.tag()
     if not image.endswith(f":{expected_tag}"):
         raise UserError(
@@ -295,7 +302,9 @@ def _local_python(image: str) -> tuple[str, str]:
 
 def _tail_error(log_path: Path) -> str:
     """Finds the most useful line of a failed task's log: its ``error:`` line, else the last line."""
-    lines = [line.rstrip() for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    lines = [
+        line.rstrip() for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()
+    ]
     for line in reversed(lines):
         if line.startswith("error:"):
             return line[len("error:") :].strip()
@@ -305,15 +314,18 @@ def _tail_error(log_path: Path) -> str:
 def _run_command(command: Sequence[str], environment: Mapping[str, str], log_path: Path, quiet: bool) -> int:
     """Runs one command, streaming its output to the console (indented) and to a log file."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w", encoding="utf-8") as log, subprocess.Popen(
-        list(command),
-        cwd=REPO_ROOT,
-        env=dict(environment),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-    ) as process:
+    with (
+        log_path.open("w", encoding="utf-8") as log,
+        subprocess.Popen(
+            list(command),
+            cwd=REPO_ROOT,
+            env=dict(environment),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        ) as process,
+    ):
         assert process.stdout is not None
         for line in process.stdout:
             log.write(line)
@@ -394,15 +406,27 @@ def run_pipeline(
             record.environment, python = _local_python(record.image)
             environment = _task_environment(spec, component.executor_label, container)
             outputs = _execute_task(
-                task_name, task, component, container, parameters, task_outputs, run_dir, python, environment,
-                record, quiet,
+                task_name,
+                task,
+                component,
+                container,
+                parameters,
+                task_outputs,
+                run_dir,
+                python,
+                environment,
+                record,
+                quiet,
             )
         except UserError as error:
             record.status, record.error = "failed", str(error)
             outputs = None
         if outputs is None:
             succeeded = False
-            print(f"[{index}/{len(order)}] {task_name}: FAILED after {record.duration_s:.1f}s: {record.error}", flush=True)
+            print(
+                f"[{index}/{len(order)}] {task_name}: FAILED after {record.duration_s:.1f}s: {record.error}",
+                flush=True,
+            )
             _save(run_dir, run_payload, records)
             break
         task_outputs[task_name] = outputs
@@ -433,7 +457,12 @@ def _notices(spec: LoadedSpec) -> list[str]:
     if any("resources" in executor.get("container", {}) for executor in executors.values()):
         notices.append("resource requests/limits are ignored locally")
     scheduling = sorted(
-        {key for config in spec.kubernetes_executors.values() for key in config if key in SCHEDULING_ONLY_KUBERNETES_KEYS}
+        {
+            key
+            for config in spec.kubernetes_executors.values()
+            for key in config
+            if key in SCHEDULING_ONLY_KUBERNETES_KEYS
+        }
     )
     if scheduling:
         notices.append(f"Kubernetes scheduling settings ignored locally: {', '.join(scheduling)}")
@@ -482,12 +511,17 @@ def _execute_task(
         if status == 0:
             break
         if attempt < max_attempts:
-            print(f"    {task_name}: attempt {attempt} failed (exit {status}); retrying in {backoff}s", flush=True)
+            print(
+                f"    {task_name}: attempt {attempt} failed (exit {status}); retrying in {backoff}s",
+                flush=True,
+            )
             time.sleep(backoff)
     record.duration_s = round(time.monotonic() - started, 2)
     if status != 0:
         record.status = "failed"
-        record.error = f"{_tail_error(run_dir / 'logs' / f'{task_name}.log')} (exit {status}; log: logs/{task_name}.log)"
+        record.error = (
+            f"{_tail_error(run_dir / 'logs' / f'{task_name}.log')} (exit {status}; log: logs/{task_name}.log)"
+        )
         return None
     record.status = "succeeded"
     return _merge_output_metadata(executor_input)

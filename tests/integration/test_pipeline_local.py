@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import tritonclient.http as triton_http
 import yaml
+from clinflow.synthetic import generate_fhir_bulk
 
 from clinflow import serve
 from clinflow.cli import main as clinflow_main
 from clinflow.ndjson import iter_resources
 from clinflow.prediction_task import FEATURE_NAMES
-from clinflow.synthetic import generate_fhir_bulk
 
 pytestmark = pytest.mark.integration
 STAGES = ["ingest", "deidentify", "validate", "features", "train", "evaluate", "deploy"]
@@ -26,7 +26,7 @@ def _identifiers(source: Path) -> set[str]:
     for path in sorted(source.glob("Patient*.ndjson*")):
         for _, patient in iter_resources(path):
             for name in patient.get("name", []):
-                values.update(name.get("family", "") and [name["family"]] or [])
+                values.update((name.get("family", "") and [name["family"]]) or [])
                 values.update(g for g in name.get("given", []))
             values.update(i.get("value", "") for i in patient.get("identifier", []))
             values.update(t.get("value", "") for t in patient.get("telecom", []))
@@ -69,7 +69,9 @@ def generated_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     mp = pytest.MonkeyPatch()
     mp.setenv("CLINFLOW_HMAC_KEY", "integration-test-key-0123456789abcdef0123")
-    status = clinflow_main(["run", "--source", str(source), "--runs-dir", str(runs), "--run-id", "generated", "--quiet"])
+    status = clinflow_main(
+        ["run", "--source", str(source), "--runs-dir", str(runs), "--run-id", "generated", "--quiet"]
+    )
     mp.undo()
     return status, source, runs / "generated"
 
@@ -98,7 +100,7 @@ def test_outputs_have_the_cluster_layout_and_ui_metadata(generated_run):
 
 
 def test_counts_add_up_across_deidentification(generated_run):
-    _, source, run_dir = generated_run
+    _, _, run_dir = generated_run
     record = json.loads((run_dir / "run.json").read_text())
     tasks = {t["name"]: t for t in record["tasks"]}
     ingest = tasks["ingest"]["outputs"]["metrics"]["metadata"]
@@ -144,9 +146,11 @@ def test_served_model_answers_v1_and_v2(generated_run, tmp_path):
         probabilities = result.as_numpy("probability")
         assert probabilities.shape == (4,)
         assert ((probabilities > 0) & (probabilities < 1)).all()
-        v1 = serve.v1_predict(f"http://127.0.0.1:{port}", "clinflow-risk", [
-            {name: float(rows.iloc[0][name]) for name in FEATURE_NAMES}
-        ])
+        v1 = serve.v1_predict(
+            f"http://127.0.0.1:{port}",
+            "clinflow-risk",
+            [{name: float(rows.iloc[0][name]) for name in FEATURE_NAMES}],
+        )
         assert abs(v1["predictions"][0]["probability"] - float(probabilities[0])) < 1e-5
     finally:
         process.terminate()

@@ -1,5 +1,6 @@
 """The committed compiled spec is current, loads with kfp, and has the seven typed steps."""
 
+import itertools
 import re
 from pathlib import Path
 
@@ -45,12 +46,15 @@ def test_spec_loads_with_kfp_and_has_seven_tasks():
     tasks = pipeline["root"]["dag"]["tasks"]
     assert sorted(tasks) == sorted(STAGES)
     # typed artifacts flow between consecutive stages
-    for upstream, downstream in zip(STAGES, STAGES[1:]):
+    for upstream, downstream in itertools.pairwise(STAGES):
         inputs = tasks[downstream].get("inputs", {}).get("artifacts", {})
         producers = {a["taskOutputArtifact"]["producerTask"] for a in inputs.values()}
         assert upstream in producers or downstream == "deploy", f"{downstream} does not consume {upstream}"
     artifact_types = {
-        name: {o: spec["artifactType"]["schemaTitle"] for o, spec in c.get("outputDefinitions", {}).get("artifacts", {}).items()}
+        name: {
+            o: spec["artifactType"]["schemaTitle"]
+            for o, spec in c.get("outputDefinitions", {}).get("artifacts", {}).items()
+        }
         for name, c in pipeline["components"].items()
     }
     assert artifact_types["comp-train"]["model"] == "system.Model"

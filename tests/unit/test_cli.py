@@ -39,9 +39,19 @@ def test_bad_param_syntax(capsys):
 def test_submit_to_unreachable_host_is_one_line_without_traceback():
     port = serve.free_port()  # nothing listens there
     result = subprocess.run(
-        [sys.executable, "-m", "clinflow.cli", "submit", "--host", f"http://127.0.0.1:{port}",
-         "--param", "source_uri=/gcs/bucket/export"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "clinflow.cli",
+            "submit",
+            "--host",
+            f"http://127.0.0.1:{port}",
+            "--param",
+            "source_uri=/gcs/bucket/export",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("WARNING")]

@@ -73,7 +73,11 @@ def fail_once(marker: str, out: dsl.Output[dsl.Dataset]) -> dsl.ContainerSpec:
 def print_env(out: dsl.Output[dsl.Dataset]) -> dsl.ContainerSpec:
     return dsl.ContainerSpec(
         image=images.PLATFORM.reference(),
-        command=["python", "-c", "import os, sys; os.makedirs(sys.argv[1]); open(sys.argv[1] + '/v', 'w').write(os.environ['SECRET_VALUE'])"],
+        command=[
+            "python",
+            "-c",
+            "import os, sys; os.makedirs(sys.argv[1]); open(sys.argv[1] + '/v', 'w').write(os.environ['SECRET_VALUE'])",
+        ],
         args=[out.path],
     )
 
@@ -90,7 +94,9 @@ def test_runs_two_environments_and_passes_artifacts(tmp_path):
         written = write_text(text=text)
         upper(data=written.outputs["data"])
 
-    result = local_runner.run_pipeline(_compile(two_steps, tmp_path), {"text": "clinical"}, tmp_path / "runs", quiet=True)
+    result = local_runner.run_pipeline(
+        _compile(two_steps, tmp_path), {"text": "clinical"}, tmp_path / "runs", quiet=True
+    )
 
     assert result.succeeded
     assert [t.name for t in result.tasks] == ["write-text", "upper"]
@@ -149,7 +155,7 @@ def test_loops_are_refused(tmp_path):
         with dsl.ParallelFor(["a", "b"]) as item:
             write_text(text=item)
 
-    with pytest.raises(local_runner.UnsupportedFeatureError, match="loops|nested"):
+    with pytest.raises(local_runner.UnsupportedFeatureError, match=r"loops|nested"):
         local_runner.run_pipeline(_compile(loop, tmp_path), {}, tmp_path / "runs", quiet=True)
 
 
@@ -177,7 +183,10 @@ def test_parameters_are_checked(tmp_path):
         write_text(text=text)
 
     spec = local_runner.load_spec(_compile(params, tmp_path))
-    assert local_runner.resolve_pipeline_parameters(spec, {"text": "a", "count": "5"}) == {"text": "a", "count": 5}
+    assert local_runner.resolve_pipeline_parameters(spec, {"text": "a", "count": "5"}) == {
+        "text": "a",
+        "count": 5,
+    }
     with pytest.raises(UserError, match="unknown pipeline parameter"):
         local_runner.resolve_pipeline_parameters(spec, {"text": "a", "cuont": "5"})
     with pytest.raises(UserError, match="text is required"):
