@@ -60,7 +60,10 @@ def print_run_summary(run: Any, console: Console | None = None) -> None:
         table.add_column(column)
     for record in run.tasks:
         duration = f"{record.duration_s:.1f}s" if record.duration_s else "-"
-        detail = record.error if record.status == "failed" else key_outputs(record.name, record.outputs)
+        if record.status == "failed":
+            detail = record.error if len(record.error) <= 90 else record.error[:87] + "..."
+        else:
+            detail = key_outputs(record.name, record.outputs)
         table.add_row(record.name, record.status, duration, detail)
     console.print(table)
     console.print(f"outputs: {run.run_dir}  (run record: {run.run_dir / 'run.json'})")
