@@ -9,10 +9,10 @@ from rich.table import Table
 
 KEY_METRICS = {
     "ingest": ("files", "resources"),
-    "deidentify": ("resources_in", "resources_out", "dead_letter"),
-    "validate": ("feature_rows", "patients", "anomalies"),
-    "features": ("training_rows", "rows_without_features", "online_rows"),
-    "train": ("train_rows", "eval_rows"),
+    "deidentify": ("resources_in", "resources_out", "dead_letter", "residual_phi_hits"),
+    "validate": ("feature_rows", "prediction_events", "positive_rate", "anomalies"),
+    "features": ("entity_rows_in", "training_rows_out", "rows_without_features", "online_rows_materialized"),
+    "train": ("train_rows", "eval_rows", "eval_auroc"),
     "evaluate": ("auroc", "brier", "calibration_slope"),
     "deploy": ("promoted", "canary_traffic_percent"),
 }
