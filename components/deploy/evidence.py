@@ -1,8 +1,9 @@
 """What deploy reads from the model and evaluation artifacts.
 
 Model: TF-Serving layout plus ``clinflow_model.json`` (version, training-set hash).
-Evaluation: ``evaluation.json`` with ``auroc``, ``brier``, ``threshold``, ``passed`` and
-``gates`` (gate name to a bool or to an object with a boolean ``passed``).
+Evaluation: the evaluate stage's ``evaluation.json``: ``metrics`` (``auroc``, ``brier``; null
+when the held-out data could not support them), ``threshold`` (``{"value", "method"}``),
+``passed`` and ``gates`` (a list of ``{"name", "passed", ...}``).
 """
 
 from __future__ import annotations
@@ -37,15 +38,15 @@ class Evaluation:
     """The evaluation facts deploy acts on.
 
     Attributes:
-        auroc: Area under the ROC curve on the held-out split.
-        brier: Brier score on the held-out split.
+        auroc: Area under the ROC curve on the held-out split (None when undefined).
+        brier: Brier score on the held-out split (None when undefined).
         threshold: Decision threshold chosen by evaluate.
         passed: Whether every promotion gate passed.
         failed_gates: Names of the gates that failed, sorted.
     """
 
-    auroc: float
-    brier: float
+    auroc: float | None
+    brier: float | None
     threshold: float
     passed: bool
     failed_gates: tuple[str, ...]
@@ -93,25 +94,39 @@ def require_number(document: dict[str, Any], key: str, source: Path, low: float,
     return float(value)
 
 
-def gate_passed(name: str, gate: Any, source: Path) -> bool:
-    """Interprets one gate entry.
+def optional_number(document: dict[str, Any], key: str, source: Path, low: float, high: float) -> float | None:
+    """Reads a number within bounds that may be null (a metric the data could not support)."""
+    if document.get(key) is None:
+        return None
+    return require_number(document, key, source, low, high)
+
+
+def failed_gate_names(gates: Any, source: Path) -> tuple[str, ...]:
+    """Lists the gates that did not pass.
 
     Args:
-        name: Gate name.
-        gate: ``true``/``false`` or an object with a boolean ``passed``.
+        gates: The ``gates`` list from ``evaluation.json``.
         source: The file, for messages.
 
     Returns:
-        Whether the gate passed.
+        Names of failed gates, sorted.
 
     Raises:
-        UserError: The entry has neither form.
+        UserError: ``gates`` is not a list of objects with a name and a boolean ``passed``.
     """
-    if isinstance(gate, bool):
-        return gate
-    if isinstance(gate, dict) and isinstance(gate.get("passed"), bool):
-        return bool(gate["passed"])
-    raise UserError(f"{source}: gate '{name}' must be true/false or an object with a boolean 'passed'")
+    if not isinstance(gates, list):
+        raise UserError(f"{source}: 'gates' must be a list of gate results")
+    failed = []
+    for index, gate in enumerate(gates):
+        if (
+            not isinstance(gate, dict)
+            or not isinstance(gate.get("name"), str)
+            or not isinstance(gate.get("passed"), bool)
+        ):
+            raise UserError(f"{source}: gate #{index} must be an object with a 'name' and a boolean 'passed'")
+        if not gate["passed"]:
+            failed.append(gate["name"])
+    return tuple(sorted(failed))
 
 
 def read_evaluation(evaluation_dir: Path) -> Evaluation:
@@ -128,16 +143,19 @@ def read_evaluation(evaluation_dir: Path) -> Evaluation:
     """
     source = evaluation_dir / EVALUATION_FILE
     document = read_json_object(source)
-    gates = document.get("gates")
-    if not isinstance(gates, dict):
-        raise UserError(f"{source}: 'gates' must be an object of gate name to result")
+    metrics = document.get("metrics")
+    if not isinstance(metrics, dict):
+        raise UserError(f"{source}: 'metrics' must be an object")
+    threshold = document.get("threshold")
+    if not isinstance(threshold, dict):
+        raise UserError(f"{source}: 'threshold' must be an object with a 'value'")
     if not isinstance(document.get("passed"), bool):
         raise UserError(f"{source}: 'passed' must be true or false")
-    failed = tuple(sorted(name for name, gate in gates.items() if not gate_passed(name, gate, source)))
+    failed = failed_gate_names(document.get("gates"), source)
     return Evaluation(
-        auroc=require_number(document, "auroc", source, 0.0, 1.0),
-        brier=require_number(document, "brier", source, 0.0, 1.0),
-        threshold=require_number(document, "threshold", source, 0.0, 1.0),
+        auroc=optional_number(metrics, "auroc", source, 0.0, 1.0),
+        brier=optional_number(metrics, "brier", source, 0.0, 1.0),
+        threshold=require_number(threshold, "value", source, 0.0, 1.0),
         passed=bool(document["passed"]) and not failed,
         failed_gates=failed,
     )

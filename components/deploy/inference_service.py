@@ -100,8 +100,8 @@ def annotations_for(request: DeploymentRequest, model: ModelInfo, evaluation: Ev
     """
     annotations = {
         "model-version": model.model_version,
-        "eval-auroc": f"{evaluation.auroc:.4f}",
-        "eval-brier": f"{evaluation.brier:.4f}",
+        "eval-auroc": "n/a" if evaluation.auroc is None else f"{evaluation.auroc:.4f}",
+        "eval-brier": "n/a" if evaluation.brier is None else f"{evaluation.brier:.4f}",
         "decision-threshold": f"{evaluation.threshold:.4f}",
         "gates-passed": "true" if evaluation.passed else "false",
         "promotion": PROMOTION_CANARY if evaluation.passed else PROMOTION_HELD,

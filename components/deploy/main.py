@@ -185,16 +185,17 @@ def deploy_metrics(evaluation: Evaluation, traffic_percent: int) -> dict[str, fl
     Returns:
         Metric name to value.
     """
-    return scalar_metrics(
-        {
-            "promoted": int(evaluation.passed),
-            "canary_traffic_percent": traffic_percent,
-            "failed_gates": len(evaluation.failed_gates),
-            "auroc": evaluation.auroc,
-            "brier": evaluation.brier,
-            "threshold": evaluation.threshold,
-        }
-    )
+    values: dict[str, float] = {
+        "promoted": int(evaluation.passed),
+        "canary_traffic_percent": traffic_percent,
+        "failed_gates": len(evaluation.failed_gates),
+        "threshold": evaluation.threshold,
+    }
+    if evaluation.auroc is not None:
+        values["auroc"] = evaluation.auroc
+    if evaluation.brier is not None:
+        values["brier"] = evaluation.brier
+    return scalar_metrics(values)
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:

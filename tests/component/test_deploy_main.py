@@ -16,12 +16,12 @@ import yaml
 from clinflow.errors import run_cli
 from components.deploy.main import main
 
+# The evaluate stage's evaluation.json shape (components/evaluate/evaluation.py).
 EVALUATION = {
-    "auroc": 0.78,
-    "brier": 0.11,
-    "threshold": 0.27,
+    "metrics": {"auroc": 0.78, "brier": 0.11},
+    "threshold": {"value": 0.27, "method": "max Youden's J on the eval set"},
     "passed": True,
-    "gates": {"auroc_min": {"passed": True, "value": 0.78}, "calibration_slope": {"passed": True}},
+    "gates": [{"name": "min_auroc", "passed": True, "value": 0.78}, {"name": "calibration_slope", "passed": True}],
 }
 
 
@@ -102,12 +102,16 @@ def test_promoted_run_writes_manifest_config_metrics(
 
 
 def test_failed_gates_render_held_manifest(tmp_path: Path, model_dir: Path, crd_path: Path) -> None:
-    document = {**EVALUATION, "passed": False, "gates": {"auroc_min": {"passed": False}, "brier_max": True}}
+    document = {
+        **EVALUATION,
+        "passed": False,
+        "gates": [{"name": "min_auroc", "passed": False}, {"name": "max_brier", "passed": True}],
+    }
     assert main(argv(tmp_path, model_dir, evaluation_dir(tmp_path, document), crd_path, percent="30")) == 0
     manifest = yaml.safe_load((tmp_path / "out" / "isvc" / "inferenceservice.yaml").read_text())
     assert manifest["spec"]["predictor"]["canaryTrafficPercent"] == 0
     assert manifest["metadata"]["annotations"]["clinflow.io/promotion"] == "held"
-    assert manifest["metadata"]["annotations"]["clinflow.io/failed-gates"] == "auroc_min"
+    assert manifest["metadata"]["annotations"]["clinflow.io/failed-gates"] == "min_auroc"
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["promoted"] == 0.0 and metrics["canary_traffic_percent"] == 0.0
 
@@ -117,7 +121,7 @@ def test_failed_gates_render_held_manifest(tmp_path: Path, model_dir: Path, crd_
     [
         ({"percent": "150"}, "--canary-traffic-percent 150: must be between 0 and 100"),
         ({"name": "Clinflow_Risk"}, "--model-name 'Clinflow_Risk'"),
-        ({"evaluation": {"auroc": 0.7}}, "'gates' must be an object"),
+        ({"evaluation": {"metrics": {"auroc": 0.7}}}, "'threshold' must be an object"),
         ({"no_model": True}, "model directory not found"),
     ],
 )

@@ -145,36 +145,50 @@ def write_evaluation(directory: Path, document: dict) -> Path:
     return directory
 
 
+# The evaluate stage's evaluation.json shape (components/evaluate/evaluation.py).
 GOOD_EVALUATION = {
-    "auroc": 0.8,
-    "brier": 0.1,
-    "threshold": 0.25,
+    "metrics": {"auroc": 0.8, "brier": 0.1},
+    "threshold": {"value": 0.25, "method": "max Youden's J on the eval set"},
     "passed": True,
-    "gates": {"auroc_min": {"passed": True, "value": 0.8, "limit": 0.7}, "brier_max": True},
+    "gates": [
+        {"name": "min_auroc", "passed": True, "value": 0.8, "minimum": 0.6},
+        {"name": "max_brier", "passed": True},
+    ],
 }
 
 
-def test_read_evaluation_accepts_bool_and_object_gates(tmp_path: Path) -> None:
+def test_read_evaluation_reads_the_evaluate_format(tmp_path: Path) -> None:
     evaluation = read_evaluation(write_evaluation(tmp_path / "e", GOOD_EVALUATION))
     assert evaluation == Evaluation(auroc=0.8, brier=0.1, threshold=0.25, passed=True, failed_gates=())
 
 
+def test_undefined_metrics_are_allowed_and_reported_as_none(tmp_path: Path) -> None:
+    document = {**GOOD_EVALUATION, "metrics": {"auroc": None, "brier": 0.1}, "passed": False}
+    evaluation = read_evaluation(write_evaluation(tmp_path / "e", document))
+    assert evaluation.auroc is None and not evaluation.passed
+
+
 def test_a_failed_gate_fails_the_evaluation_even_if_passed_says_true(tmp_path: Path) -> None:
-    document = {**GOOD_EVALUATION, "gates": {"auroc_min": {"passed": False}, "brier_max": True}}
+    document = {
+        **GOOD_EVALUATION,
+        "gates": [{"name": "min_auroc", "passed": False}, {"name": "max_brier", "passed": True}],
+    }
     evaluation = read_evaluation(write_evaluation(tmp_path / "e", document))
     assert not evaluation.passed
-    assert evaluation.failed_gates == ("auroc_min",)
+    assert evaluation.failed_gates == ("min_auroc",)
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"auroc": None}, "'auroc' must be a number"),
-        ({"brier": 1.5}, r"'brier' = 1.5 is outside"),
-        ({"threshold": "0.3"}, "'threshold' must be a number"),
+        ({"metrics": {"auroc": "high"}}, "'auroc' must be a number"),
+        ({"metrics": {"brier": 1.5}}, r"'brier' = 1.5 is outside"),
+        ({"metrics": None}, "'metrics' must be an object"),
+        ({"threshold": 0.3}, "'threshold' must be an object"),
+        ({"threshold": {"value": "0.3"}}, "'value' must be a number"),
         ({"passed": "yes"}, "'passed' must be true or false"),
-        ({"gates": []}, "'gates' must be an object"),
-        ({"gates": {"g": "ok"}}, "gate 'g' must be true/false"),
+        ({"gates": {}}, "'gates' must be a list"),
+        ({"gates": [{"name": "g", "passed": "ok"}]}, "gate #0 must be an object"),
     ],
 )
 def test_malformed_evaluation_is_a_user_error(tmp_path: Path, change: dict, message: str) -> None:
