@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,12 +10,12 @@ from pathlib import Path
 import pytest
 import tritonclient.http as triton_http
 import yaml
-from clinflow.synthetic import generate_fhir_bulk
 
 from clinflow import serve
 from clinflow.cli import main as clinflow_main
 from clinflow.ndjson import iter_resources
 from clinflow.prediction_task import FEATURE_NAMES
+from clinflow.synthetic import generate_fhir_bulk
 
 pytestmark = pytest.mark.integration
 STAGES = ["ingest", "deidentify", "validate", "features", "train", "evaluate", "deploy"]
@@ -36,12 +37,59 @@ def _identifiers(source: Path) -> set[str]:
             for extension in patient.get("extension", []):
                 if extension.get("url", "").endswith("mothersMaidenName"):
                     values.add(extension.get("valueString", ""))
-    # short tokens (e.g. a 3-letter given name) also occur inside ordinary words; keep distinctive ones
-    return {v for v in values if len(v) >= 5}
+    # short tokens (e.g. a 3-letter given name) also occur inside ordinary words; keep distinctive ones.
+    # A single-word name that is also coded vocabulary (a family name "White" and the US Core race display
+    # "White") is not an identifier where it appears as a code, so coded displays are excluded.
+    return {v for v in values if len(v) >= 5} - _coded_vocabulary(source)
+
+
+def _coded_vocabulary(source: Path) -> set[str]:
+    """Every Coding.display and CodeableConcept.text in the input: terminology, not identifiers."""
+    vocabulary: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("display"), str) and "code" in node:
+                vocabulary.add(node["display"])
+            if isinstance(node.get("text"), str) and "coding" in node:
+                vocabulary.add(node["text"])
+            if node.get("url") == "text" and isinstance(node.get("valueString"), str):
+                vocabulary.add(node["valueString"])  # US Core race/ethnicity text sub-extension
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for path in sorted(source.glob("*.ndjson*")):
+        for _, resource in iter_resources(path):
+            walk(resource)
+    return vocabulary
+
+
+TOKEN = re.compile(r"[0-9A-Za-z]+")
+
+
+def _contains_whole(text: str, value: str) -> bool:
+    """Tells whether ``value`` occurs in ``text`` not glued to letters or digits on either side."""
+    start = text.find(value)
+    while start != -1:
+        end = start + len(value)
+        before_ok = start == 0 or not text[start - 1].isalnum()
+        after_ok = end == len(text) or not text[end].isalnum()
+        if before_ok and after_ok:
+            return True
+        start = text.find(value, start + 1)
+    return False
 
 
 def _leaks(run_dir: Path, identifiers: set[str]) -> dict[str, int]:
-    """Counts identifier hits in every file the run wrote after ingest (ingest's clean zone holds raw PHI)."""
+    """Counts identifier hits in every file the run wrote after ingest (ingest's clean zone holds raw PHI).
+
+    Matches whole tokens: an 8-digit identifier can occur by chance inside a 64-hex-digit pseudonym.
+    """
+    single_token = {v for v in identifiers if TOKEN.fullmatch(v)}
+    compound = identifiers - single_token
     hits: dict[str, int] = {}
     for path in run_dir.rglob("*"):
         if not path.is_file() or path.relative_to(run_dir).parts[0] == "ingest":
@@ -50,9 +98,11 @@ def _leaks(run_dir: Path, identifiers: set[str]) -> dict[str, int]:
         if path.suffix == ".gz":
             data = gzip.decompress(data)
         text = data.decode("utf-8", errors="ignore")
-        found = sum(1 for value in identifiers if value in text)
+        tokens = set(TOKEN.findall(text))
+        candidates = {v for v in compound if tokens.issuperset(TOKEN.findall(v))}
+        found = (single_token & tokens) | {v for v in candidates if _contains_whole(text, v)}
         if found:
-            hits[str(path.relative_to(run_dir))] = found
+            hits[str(path.relative_to(run_dir))] = len(found)
     return hits
 
 
