@@ -152,6 +152,26 @@ def _sample_rows(run_dir: Path, count: int) -> list[dict[str, float]]:
     return [{name: float(row[name]) for name in FEATURE_NAMES} for _, row in frame.head(count).iterrows()]
 
 
+def _promotion_line(run_dir: Path) -> str:
+    """Describes the deploy step's rollout decision from the rendered InferenceService."""
+    import yaml
+
+    manifest_path = run_dir / "deploy" / "inference_service" / "inferenceservice.yaml"
+    manifest = yaml.safe_load(manifest_path.read_text(encoding="utf-8"))
+    annotations = manifest["metadata"].get("annotations", {})
+    percent = manifest["spec"]["predictor"].get("canaryTrafficPercent", 100)
+    if annotations.get("clinflow.io/promotion") == "held":
+        evaluation = json.loads((run_dir / "evaluate" / "evaluation" / "evaluation.json").read_text(encoding="utf-8"))
+        failed = [
+            f"{gate['name']} = {gate['value'] if gate['value'] is None else round(gate['value'], 3)} "
+            f"(needs {gate['bounds']})"
+            for gate in evaluation["gates"]
+            if not gate["passed"]
+        ]
+        return f"canary held at {percent}%: promotion gate(s) failed: {'; '.join(failed)}"
+    return f"canary rollout at {percent}% of traffic: every promotion gate passed"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generates data, runs the whole pipeline locally, serves the model and queries it."""
     from clinflow import serve
@@ -172,6 +192,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     result = _run_local(_default_spec(), {"source_uri": str(data_dir.resolve())}, runs_dir, None, args.quiet)
     print(f"demo: pipeline finished in {time.monotonic() - started:.0f}s", flush=True)
+    print(
+        f"demo: deploy: {_promotion_line(result.run_dir)} "
+        f"(manifest: {result.run_dir / 'deploy' / 'inference_service' / 'inferenceservice.yaml'})",
+        flush=True,
+    )
     model_dir, config = serve.model_artifacts_from_run(result.run_dir)
     port = args.port or serve.free_port()
     log_path = result.run_dir / "logs" / "serve.log"
