@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 status=0
-echo "== lint (ruff)"
+echo "== lint (ruff) and types (mypy)"
 .venvs/platform/bin/ruff check . || status=1
 .venvs/platform/bin/ruff format --check . || status=1
+.venvs/platform/bin/mypy clinflow pipelines components serving || status=1
 echo "== tests: platform environment (Python 3.11)"
 .venvs/platform/bin/python -m pytest "$@" || status=1
 echo "== tests: tfx environment (Python 3.10)"
