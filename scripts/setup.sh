@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 
 say() { echo "setup: $*"; }
 
-# Debian packages: redis-server (Feast online store tests), kubectl is in the base image.
+# Debian packages: redis-server (Feast online store tests), tesseract-ocr (OCR of scanned PDF
+# pages and of DICOM pixel data for burned-in text); kubectl is in the base image.
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v tesseract >/dev/null 2>&1 || need_apt+=(tesseract-ocr)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing ${need_apt[*]} (apt)"
