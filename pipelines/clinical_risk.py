@@ -18,6 +18,9 @@ PIPELINE_NAME = "clinflow-clinical-risk"
 HMAC_SECRET_NAME = "clinflow-hmac-key"
 HMAC_SECRET_KEY = "key"
 HMAC_ENV_VAR = "CLINFLOW_HMAC_KEY"
+# Optional: only a pipeline run with bulk_url against a SMART-protected server needs it.
+BULK_SECRET_NAME = "clinflow-bulk-client"
+BULK_SECRET_KEYS = {"client_id": "CLINFLOW_BULK_CLIENT_ID", "private_key": "CLINFLOW_BULK_PRIVATE_KEY"}
 
 # (cpu request, memory request, memory limit) per step on a cluster; the local runner ignores them.
 STEP_RESOURCES: dict[str, tuple[str, str, str]] = {
@@ -45,6 +48,9 @@ def _sized(task: dsl.PipelineTask, step: str) -> dsl.PipelineTask:
 @dsl.pipeline(name=PIPELINE_NAME, description=f"Clinical risk model. Target: {TARGET_DESCRIPTION}.")
 def clinical_risk_pipeline(
     source_uri: str,
+    store_uri: str = "",
+    bulk_url: str = "",
+    bulk_types: str = "",
     beam_runner: str = "DirectRunner",
     seed: int = 42,
     epochs: int = 12,
@@ -55,8 +61,12 @@ def clinical_risk_pipeline(
     """Builds the seven-step pipeline.
 
     Args:
-        source_uri: Directory (local path, or a ``/gcs/...`` mount on a cluster) holding a FHIR
-            Bulk Data export as NDJSON.
+        source_uri: File drop directory (local path, or a ``/gcs/...`` mount on a cluster) holding
+            FHIR Bulk NDJSON, DICOM, device logs and PDFs; empty when ``bulk_url`` is given.
+        store_uri: Zone store for staging/quarantine/clean (``gs://bucket/prefix`` on a cluster;
+            empty = inside the run's manifest artifact).
+        bulk_url: FHIR server base URL to run a Bulk Data ``$export`` against (empty = none).
+        bulk_types: Comma-separated resource types for the export's ``_type`` (empty = all).
         beam_runner: Apache Beam runner for de-identification (DirectRunner, DataflowRunner,
             FlinkRunner, SparkRunner).
         seed: Seed for the split and for training.
@@ -65,7 +75,12 @@ def clinical_risk_pipeline(
         namespace: Kubernetes namespace to deploy into.
         canary_traffic_percent: Traffic share for the new model revision.
     """
-    ingested = _sized(ingest(source_uri=source_uri), "ingest")
+    ingested = _sized(
+        ingest(source_uri=source_uri, store_uri=store_uri, bulk_url=bulk_url, bulk_types=bulk_types), "ingest"
+    )
+    kubernetes.use_secret_as_env(
+        ingested, secret_name=BULK_SECRET_NAME, secret_key_to_env=BULK_SECRET_KEYS, optional=True
+    )
     deidentified = _sized(deidentify(raw_data=ingested.outputs["raw_data"], beam_runner=beam_runner), "deidentify")
     kubernetes.use_secret_as_env(
         deidentified,

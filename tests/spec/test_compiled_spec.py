@@ -81,7 +81,10 @@ def test_no_secret_in_the_spec_and_key_comes_from_a_kubernetes_secret():
     assert secret["keyToEnv"][0]["envVar"] == "CLINFLOW_HMAC_KEY"
     parameters = _docs(COMPILED_DIR / "clinical_risk.yaml")[0]["root"]["inputDefinitions"]["parameters"]
     assert not any("key" in name or "token" in name or "secret" in name for name in parameters)
-    assert "BEGIN" not in text and "PRIVATE" not in text
+    assert "BEGIN" not in text and "PRIVATE KEY-" not in text
+    bulk = executors["exec-ingest"]["secretAsEnv"][0]
+    assert bulk["secretName"] == "clinflow-bulk-client" and bulk["optional"] is True
+    assert {item["envVar"] for item in bulk["keyToEnv"]} == {"CLINFLOW_BULK_CLIENT_ID", "CLINFLOW_BULK_PRIVATE_KEY"}
 
 
 def test_dockerfiles_install_from_the_same_locks_as_local_envs(repo_root):
