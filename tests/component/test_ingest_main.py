@@ -276,3 +276,46 @@ def test_module_entry_point(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("error: ") and "missing" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ingest_killed_mid_download_resumes_without_refetching(
+    synthetic_fhir_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL the stage while the bulk download is under way, run it again on the same store."""
+    import os
+    import signal
+    import time
+
+    repo = Path(__file__).resolve().parents[2]
+    store_dir = tmp_path / "store"
+    faults = FaultPlan(throttle_bytes_per_second=300_000)
+    with FhirBulkServer(load_bulk_files(synthetic_fhir_dir), faults=faults) as server:
+        argv = ["--bulk-url", server.base_url, "--store", str(store_dir), "--output-data", str(tmp_path / "k" / "d")]
+        argv += ["--manifest", str(tmp_path / "k" / "m"), "--metrics", str(tmp_path / "k" / "x.json")]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "components.ingest.main", *argv],
+            cwd=repo,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ},
+        )
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline and process.poll() is None:
+                if any(p.stat().st_size > 50_000 for p in (store_dir / "bulk").glob("*.part")):
+                    break
+                time.sleep(0.05)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+        server.faults.throttle_bytes_per_second = None
+        run = run_main(tmp_path / "again", "--bulk-url", server.base_url, store=store_dir)
+        stats = server.stats
+        assert len(stats.kickoffs) == 1
+        for name, content in server.files.items():
+            assert stats.bytes_served[name] <= len(content) + 256 * 1024, name
+    check_counts(run)
+    assert run["manifest"]["bulk"]["reused_job"] is True
+    promoted = sorted(e["file"] for e in run["manifest"]["files"] if e["state"] == "promoted")
+    assert promoted == sorted(load_bulk_files(synthetic_fhir_dir))
+    assert len(open_zone_store(store_dir).list("clean")) == len(promoted)
