@@ -146,7 +146,8 @@ def generate_fhir_bulk(
     """Writes a synthetic FHIR R4 Bulk Data export with realistic fake PHI and a learnable signal.
 
     Files are ``<ResourceType>.000.ndjson`` (``.ndjson.gz`` with ``compress``): Patient,
-    Encounter, Condition, Observation, MedicationRequest, Organization and Practitioner. The same
+    Encounter, Condition, Observation, MedicationRequest, DocumentReference (plain-text clinical notes,
+    base64, see ``notes.py``), Organization and Practitioner. The same
     ``(patients, seed, compress)`` always gives byte-identical files, whatever ``workers`` is, and
     patient ``i`` is the same person whatever the total (the provider pool grows with the total,
     though). Patients are simulated in chunks of ``CHUNK_PATIENTS`` and written as they come, so

@@ -14,9 +14,10 @@ from clinflow.prediction_task import LOINC_BMI, LOINC_HBA1C, LOINC_SYSTOLIC_BP
 from clinflow.synthetic import vocab
 from clinflow.synthetic.clock import DAY, REFERENCE_END, iso_datetime
 from clinflow.synthetic.history import Episode, History, State, Visit, state_at
+from clinflow.synthetic.notes import annotation, document_reference, notes_rng, wants_note
 from clinflow.synthetic.people import Organization, Person, Practitioner, concept, new_id
 
-CLINICAL_TYPES = ("Encounter", "Condition", "Observation", "MedicationRequest")
+CLINICAL_TYPES = ("Encounter", "Condition", "Observation", "MedicationRequest", "DocumentReference")
 
 ACT_CODE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition"
@@ -293,6 +294,8 @@ def render_history(rng: random.Random, person: Person, history: History) -> Rend
     rendered = Rendered()
     encounters, conditions = rendered.by_type["Encounter"], rendered.by_type["Condition"]
     observation_list, medications = rendered.by_type["Observation"], rendered.by_type["MedicationRequest"]
+    documents = rendered.by_type["DocumentReference"]
+    text_rng = notes_rng(person)
     last = history.death if history.death is not None else REFERENCE_END
     subject = {"reference": f"Patient/{person.id}"}
     subject_named = {**subject, "display": " ".join((*person.given, person.family))}
@@ -313,7 +316,49 @@ def render_history(rng: random.Random, person: Person, history: History) -> Rend
         )
         state = state_at(history.profile, person, visit.start)
         encounters.append(encounter_resource(visit, ctx, encounter_id, state))
-        conditions.extend(condition_resource(rng, episode, ctx) for episode in visit.diagnoses)
+        visit_conditions = [condition_resource(rng, episode, ctx) for episode in visit.diagnoses]
+        conditions.extend(visit_conditions)
         observation_list.extend(observations(rng, state, visit, ctx))
-        medications.extend(medication_request(rng, medication, visit, ctx) for medication in visit.medications)
+        visit_medications = [medication_request(rng, medication, visit, ctx) for medication in visit.medications]
+        medications.extend(visit_medications)
+        _add_free_text(text_rng, visit, ctx, encounter_id, visit_conditions, visit_medications, documents)
     return rendered
+
+
+def _add_free_text(
+    rng: random.Random,
+    visit: Visit,
+    ctx: _Context,
+    encounter_id: str,
+    visit_conditions: list[dict[str, Any]],
+    visit_medications: list[dict[str, Any]],
+    documents: list[dict[str, Any]],
+) -> None:
+    """Adds Annotation notes to some of a visit's resources and, for some visits, a clinical note.
+
+    Draws only from the patient's notes RNG, so the clinical content stays byte-identical.
+    """
+    for resource in (*visit_conditions, *visit_medications):
+        display = (resource.get("code") or resource.get("medicationCodeableConcept") or {}).get("text", "")
+        note = annotation(rng, ctx.person, ctx.start, ctx.practitioner, display)
+        if note is not None:
+            resource["note"] = note
+    if wants_note(rng, visit.acute):
+        texts = {
+            "diagnoses": [episode.code.display for episode in visit.diagnoses],
+            "medications": [medication.display for medication in visit.medications],
+            "reason": visit.reason.display if visit.reason is not None else None,
+        }
+        documents.append(
+            document_reference(
+                rng,
+                ctx.person,
+                visit.kind,
+                visit.start,
+                {"start": ctx.start, "end": ctx.end},
+                encounter_id,
+                ctx.practitioner,
+                ctx.organization,
+                texts,
+            )
+        )

@@ -1,17 +1,31 @@
-"""Deidentify stage: de-identify a FHIR Bulk NDJSON export with Apache Beam.
+"""Deidentify stage: de-identify a FHIR Bulk NDJSON export with Apache Beam, under a versioned policy.
 
 ``python -m components.deidentify.main --input-data DIR --output-data DIR --dead-letter DIR
---report FILE --report-json DIR --metrics FILE [--executor-output FILE] [-- BEAM OPTIONS]``
-(contract: docs/stages.md). The HMAC key comes from ``CLINFLOW_HMAC_KEY``. Beam options after
-``--`` go to ``PipelineOptions`` unchanged (``--runner DataflowRunner --project ...``); without a
-``--runner`` the in-process ``FnApiRunner`` (the DirectRunner's batch engine) runs, because
-``DirectRunner`` first tries to download the Prism runner binary. With a remote runner every
-path must be one its workers can reach (e.g. ``gs://``).
+--report FILE --report-json DIR --metrics FILE [--policy FILE] [--reid-map DIR]
+[--executor-output FILE] [-- BEAM OPTIONS]`` (contract: docs/stages.md).
+
+Policy: ``--policy`` names a YAML policy (default: the shipped
+``components/deidentify/policies/safe-harbor-v1.yaml``); it is validated before anything runs
+and its id, version and sha256 are stamped on every output resource (``meta.tag``) and recorded
+in the report, with the sha256 of the de-identification code. The HMAC key comes from
+``CLINFLOW_HMAC_KEY``. ``--reid-map DIR`` writes a re-identification map (pseudonym -> original
+id, file mode 0600) only when the policy says ``reidentification_map: true``; it must lie outside
+every output directory and never reaches the report.
+
+Beam options after ``--`` go to ``PipelineOptions`` unchanged, e.g.
+``-- --runner DataflowRunner --project P --region R --temp_location gs://B/tmp``,
+``-- --runner FlinkRunner --flink_master HOST:8081 --environment_type LOOPBACK`` or
+``-- --runner SparkRunner --spark_master_url spark://HOST:7077``. Without a ``--runner`` (and with
+``--runner DirectRunner``, the pipeline parameter's default) the in-process ``FnApiRunner`` (the
+DirectRunner's batch engine) runs, because ``DirectRunner`` first tries to download the Prism
+runner binary, which needs network access. With a remote runner every path must be one its
+workers can reach (e.g. ``gs://``).
 
 Outputs: ``<ResourceType>.<nnn>.ndjson`` in ``--output-data``; ``dead_letter.ndjson`` in
 ``--dead-letter``; ``deid_report.json`` in ``--report-json``; the HTML report; metrics. The
 stage fails (after writing the report, and after deleting the de-identified files) when the
-residual-PHI scan finds any input Patient's identifying value in the output.
+residual-PHI scan finds any identifying value of any input resource in the output, or when the
+counts do not add up (in = out + dead letter, per file and in total).
 """
 
 from __future__ import annotations
@@ -35,6 +49,8 @@ REPORT_JSON = "deid_report.json"
 DEAD_LETTER_FILE = "dead_letter.ndjson"
 SKIPPED_NAMES = frozenset({"log.ndjson", "manifest.json"})
 DEFAULT_RUNNER = "FnApiRunner"
+LOCAL_RUNNER_ALIASES = frozenset({"DirectRunner", "directrunner", "direct"})
+REID_MAP_FILE = "reid_map.ndjson"
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -67,6 +83,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--report-json", required=True, help="Output Artifact directory for deid_report.json")
     parser.add_argument("--metrics", required=True, help="Output Metrics file (JSON)")
     parser.add_argument("--executor-output", default=None, help="KFP executor output file ({{$.outputs.output_file}})")
+    parser.add_argument(
+        "--policy", default=None, help="De-identification policy YAML (default: policies/safe-harbor-v1.yaml)"
+    )
+    parser.add_argument(
+        "--reid-map",
+        default=None,
+        help="Directory for the re-identification map (refused unless the policy sets reidentification_map: true)",
+    )
     return parser.parse_args(argv)
 
 
@@ -131,7 +155,7 @@ def pipeline_options(beam_args: Sequence[str]) -> Any:
             f"unknown Beam pipeline option(s) after '--': {', '.join('--' + name for name in sorted(unknown))}"
         )
     standard = options.view_as(StandardOptions)
-    if not standard.runner:
+    if not standard.runner or standard.runner in LOCAL_RUNNER_ALIASES:
         standard.runner = DEFAULT_RUNNER
     return options
 
@@ -157,59 +181,117 @@ def delete_outputs(output_dir: str) -> int:
     return len(paths)
 
 
+def check_reid_map(args: argparse.Namespace, allowed: bool, source: str) -> str | None:
+    """Validates ``--reid-map``: allowed by the policy and outside every output directory.
+
+    Returns:
+        The map's file path prefix, or None without the flag.
+
+    Raises:
+        UserError: The policy does not allow a map, or the directory is inside an output.
+    """
+    if args.reid_map is None:
+        return None
+    if not allowed:
+        raise UserError(
+            f"--reid-map refused: policy {source} sets reidentification_map: false; use a policy that allows "
+            "a re-identification map (and restrict access to it) or drop the flag"
+        )
+    target = os.path.abspath(args.reid_map)
+    outputs = [args.output_data, args.dead_letter, args.report_json, os.path.dirname(os.path.abspath(args.report))]
+    for output in outputs:
+        base = os.path.abspath(output)
+        if target == base or target.startswith(base + os.sep):
+            raise UserError(f"--reid-map {args.reid_map} is inside an output directory; choose a separate directory")
+    os.makedirs(target, mode=0o700, exist_ok=True)
+    return os.path.join(target, REID_MAP_FILE)
+
+
+def lane_inventory(input_dir: str) -> dict[str, str]:
+    """Describes the ingest layout's lane subdirectories present in the input (file counts only)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from components.deidentify import lanes as _lanes  # registers the dicom and device_logs lanes
+    from components.deidentify import pipeline
+
+    del _lanes
+    found = {}
+    for lane in pipeline.LANE_DIRS:
+        directory = FileSystems.join(input_dir, lane)
+        if "://" not in input_dir and not os.path.isdir(directory):
+            continue
+        files = FileSystems.match([FileSystems.join(directory, "*")])[0].metadata_list
+        if not files:
+            continue
+        status = "processed" if lane in pipeline.LANES else "not processed: no lane registered; nothing copied out"
+        found[lane] = f"{len(files)} files, {status}"
+    return found
+
+
 def run_stage(args: argparse.Namespace, beam_args: Sequence[str]) -> dict[str, Any]:
     """Runs both pipelines and returns the report (before any write of report files).
 
     Raises:
-        UserError: Missing key, bad input directory, or bad Beam options.
-        RuntimeError: Counts do not add up (a bug).
+        UserError: Missing key, bad policy, bad input directory, or bad Beam options.
     """
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import StandardOptions
 
     from components.deidentify import pipeline, report
     from components.deidentify.keys import load_key
+    from components.deidentify.policy import load_policy
 
+    the_policy = load_policy(args.policy)
     key = load_key()
     input_files, skipped = list_input_files(args.input_data)
     check_output_dir(args.output_data, args.input_data)
+    reid_path = check_reid_map(args, bool(the_policy.document["reidentification_map"]), the_policy.source)
     options = pipeline_options(beam_args)
+    lanes = lane_inventory(args.input_data)
     work_dir = work_directory(options)
     for directory in (args.output_data, args.dead_letter):
         if not FileSystems.exists(directory):
             FileSystems.mkdirs(directory)
     print(
-        f"deidentify: {len(input_files)} input files, runner {options.view_as(StandardOptions).runner}", file=sys.stderr
+        f"deidentify: policy {the_policy.label} (sha256 {the_policy.sha256[:12]}), {len(input_files)} input files, "
+        f"runner {options.view_as(StandardOptions).runner}",
+        file=sys.stderr,
     )
     try:
         pipeline.run_deidentify(
-            input_files, key, args.output_data, FileSystems.join(args.dead_letter, DEAD_LETTER_FILE), work_dir, options
+            input_files,
+            key,
+            the_policy,
+            args.output_data,
+            FileSystems.join(args.dead_letter, DEAD_LETTER_FILE),
+            work_dir,
+            options,
+            reid_path=reid_path,
+            input_dir=args.input_data,
+            lanes=[lane for lane in lanes if lane in pipeline.LANES],
         )
+        if reid_path is not None and os.path.exists(reid_path):
+            os.chmod(reid_path, 0o600)
         stats = pipeline.read_json(FileSystems.join(work_dir, pipeline.STATS_FILE))
-        patient_files = sorted(
-            name[len(pipeline.PATIENT_SOURCE_PREFIX) :]
-            for name in stats
-            if name.startswith(pipeline.PATIENT_SOURCE_PREFIX)
-        )
         scanned = [FileSystems.join(args.dead_letter, DEAD_LETTER_FILE)]
         if FileSystems.match([FileSystems.join(args.output_data, "*.ndjson")])[0].metadata_list:
             scanned.insert(0, FileSystems.join(args.output_data, "*.ndjson"))
         print("deidentify: residual-PHI scan of the written outputs", file=sys.stderr)
-        pipeline.run_scan(patient_files, scanned, work_dir, options)
+        pipeline.run_scan(input_files, scanned, work_dir, options, the_policy)
         scan = pipeline.read_json(FileSystems.join(work_dir, pipeline.SCAN_FILE))
     finally:
         if FileSystems.exists(work_dir):
             FileSystems.delete([work_dir])
-    document = report.build_report(
+    return report.build_report(
         stats,
         scan,
         [os.path.basename(path) for path in input_files],
         skipped,
         str(options.view_as(StandardOptions).runner),
+        the_policy,
+        lanes=lanes,
+        reid_map_written=reid_path is not None,
     )
-    if not document["resources"]["balanced"]:
-        raise RuntimeError(f"deidentify counts do not add up: {document['resources']['totals']}")
-    return document
 
 
 def write_reports(args: argparse.Namespace, document: dict[str, Any]) -> dict[str, float]:
@@ -248,14 +330,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     document = run_stage(args, beam_args)
     write_reports(args, document)
     scan = document["residual_phi_scan"]
+    if not document["resources"]["balanced"]:
+        deleted = delete_outputs(args.output_data)
+        unbalanced = sorted(name for name, entry in document["resources"]["files"].items() if not entry["balanced"])
+        raise UserError(
+            f"deidentify counts do not add up (in != out + dead letter; files: {', '.join(unbalanced) or 'totals'}); "
+            f"{deleted} output files deleted; see {os.path.join(args.report_json, REPORT_JSON)}"
+        )
     if not scan["passed"]:
         deleted = delete_outputs(args.output_data)
         found = ", ".join(f"{c}={n}" for c, n in scan["hits"].items() if n)
         where = ", ".join(f"{k}={n}" for k, n in scan["hits_by_file_type"].items())
         raise UserError(
-            f"residual-PHI scan found input Patient values in the output ({found}; files: {where}); "
+            f"residual-PHI scan found identifying values of the input in the output ({found}; files: {where}); "
             f"{deleted} output files deleted; see {os.path.join(args.report_json, REPORT_JSON)} and extend "
-            "components/deidentify/policy.py"
+            f"the policy ({document['policy']['source']})"
         )
     elapsed = time.monotonic() - started
     totals = document["resources"]["totals"]
@@ -263,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"deidentify: {totals['in']:,} resources in, {totals['out']:,} out "
         f"({len(document['resources']['out'])} types) -> {args.output_data}; "
         f"{totals['dead_letter']:,} dead-lettered -> {os.path.join(args.dead_letter, DEAD_LETTER_FILE)}; "
-        f"residual PHI hits 0 in {scan['lines_scanned']:,} lines; report {args.report}; "
+        f"residual PHI hits 0 in {scan['lines_scanned']:,} lines; k-anonymity k={document['k_anonymity']['k']}; "
+        f"policy {document['policy_version']}; report {args.report}; "
         f"{elapsed:.1f}s ({totals['in'] / max(elapsed, 1e-9):,.0f} resources/s)",
         file=sys.stderr,
     )

@@ -1,36 +1,59 @@
-"""Residual-PHI scan: find any identifying value of an input Patient in the output bytes.
+"""Residual-PHI scan: find any identifying value of any input resource in the output bytes.
 
-Values collected from every input Patient (categories in ``PHI_CATEGORIES``): the original
-resource id, identifier values (SSN, MRN, driver's licence, passport, ...), name parts
-(family, given, text), telecom values (phone, email), address lines/city/district/text, the
-mother's maiden name and birth-place city, and the same fields of ``Patient.contact``.
+Values collected from **every** input resource (categories in ``PHI_CATEGORIES``): original
+resource ids and ``urn:uuid:`` reference targets, identifier values (SSN, MRN, NPI, claim ids,
+device serial/lot numbers, ...), HumanName parts and full names (patients, practitioners,
+contacts), Organization/Location names, telecom values, address lines/city/district/text (any
+resource), the mother's maiden name and birth-place city.
 
-Matching is token based and case-insensitive: a value and every output line are split into
-runs of letters/digits (ASCII punctuation and whitespace separate tokens); a value is found
-when its token sequence occurs consecutively in a line. So ``999-12-3456`` is found as
-``999 12 3456`` with any separators, and ``Ann`` is not found inside ``Annual``. Values with
-no letter/digit, and single-token values shorter than ``MIN_TOKEN_CHARS`` (e.g. an initial),
-are not searched and are counted as skipped. A single-word name or place found only inside
-kept coded vocabulary (``scan_line``) is counted as a vocabulary match, not a leak.
+Matching is token based and case-insensitive: a value and every output line are split into runs
+of letters/digits (ASCII punctuation and whitespace separate tokens); a value is found when its
+token sequence occurs consecutively in a line. So ``999-12-3456`` is found as ``999 12 3456``
+with any separators, and ``Ann`` is not found inside ``Annual``. Values with no letter/digit,
+single-token values shorter than ``min_token_chars`` and single all-digit tokens shorter than
+``MIN_DIGIT_TOKEN_CHARS`` (a street number, a sequence number) are not searched and are counted
+as skipped. A single-word name or place found only inside kept coded vocabulary or redacted free
+text is counted as a vocabulary match, not a leak. Base64 attachment ``data`` is decoded and
+scanned as text too.
+
+Memory: the value set is summarised in a fixed-size Bloom filter (``Bloom``: first tokens and
+whole token sequences, size from the policy) that every scanning worker holds; each output line
+is tested against it, and only candidate sequences (Bloom positives) are confirmed exactly by a
+keyed join with the input values (``seq_key`` on both sides), so a Bloom false positive never
+counts as a hit.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import orjson
 
 MIN_TOKEN_CHARS = 2
+MIN_DIGIT_TOKEN_CHARS = 5
+MAX_SEQUENCE_TOKENS = 12
+CACHE_LIMIT = 1 << 21  # distinct tokens remembered as Bloom-negative per worker before the cache is reset
 MAIDEN_NAME_URL = "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName"
 BIRTH_PLACE_URL = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace"
+URN_UUID = "urn:uuid:"
 
 PHI_CATEGORIES = ("ids", "identifiers", "names", "telecom", "addresses", "maiden_names")
 EXEMPTABLE_CATEGORIES = frozenset({"names", "addresses", "maiden_names"})
-VOCABULARY_KEYS = frozenset({"display", "text", "valueString"})
-
-PhiIndex = dict[str, list[tuple[tuple[str, ...], str]]]
+VOCABULARY_KEYS = frozenset(
+    {"display", "text", "valueString", "description", "comment", "title", "summary", "conclusion"}
+)
+IDENTIFIER_LEAVES = frozenset({"serialNumber", "lotNumber", "distinctIdentifier"})
+NAMED_ROOTS = frozenset({"Organization", "Location", "HealthcareService", "Group", "InsurancePlan", "Endpoint"})
+STRICT = "strict"
+VOCABULARY = "vocabulary"
 
 
 # ASCII punctuation, controls and space become separators; UTF-8 bytes >= 0x80 stay token bytes,
@@ -65,7 +88,7 @@ def _names(names: Any) -> Iterator[str]:
 
 
 def _telecom(points: Any) -> Iterator[str]:
-    for point in points if isinstance(points, list) else []:
+    for point in points if isinstance(points, list) else [points]:
         if isinstance(point, dict):
             yield from _strings(point.get("value"))
 
@@ -78,100 +101,195 @@ def _addresses(addresses: Any) -> Iterator[str]:
                 yield from _strings(address.get(part))
 
 
-def patient_phi(patient: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """Yields ``(category, value)`` for every identifying value of one input Patient.
+def _identifier_values(identifiers: Any) -> Iterator[str]:
+    for identifier in identifiers if isinstance(identifiers, list) else [identifiers]:
+        if isinstance(identifier, dict):
+            yield from _strings(identifier.get("value"))
+
+
+def _walk_phi(value: Any, key: str) -> Iterator[tuple[str, str]]:
+    """Yields PHI values found anywhere below one element (any resource type)."""
+    if isinstance(value, list):
+        for item in value:
+            yield from _walk_phi(item, key)
+        return
+    if isinstance(value, str):
+        if key == "reference" and value.startswith(URN_UUID):
+            yield "ids", value[len(URN_UUID) :]
+        elif key in IDENTIFIER_LEAVES:
+            yield "identifiers", value
+        return
+    if not isinstance(value, dict):
+        return
+    url = value.get("url")
+    if url == MAIDEN_NAME_URL:
+        yield from (("maiden_names", v) for v in _strings(value.get("valueString")))
+    elif url == BIRTH_PLACE_URL:
+        yield from (("addresses", v) for v in _addresses(value.get("valueAddress")))
+    for child_key, child in value.items():
+        if child_key == "identifier" or child_key == "accessionIdentifier":
+            yield from (("identifiers", v) for v in _identifier_values(child))
+        elif child_key == "name" and isinstance(child, (dict, list)):
+            yield from (("names", v) for v in _names(child))
+        elif child_key == "telecom":
+            yield from (("telecom", v) for v in _telecom(child))
+        elif child_key == "address":
+            yield from (("addresses", v) for v in _addresses(child))
+        elif child_key == "udiCarrier":
+            for carrier in child if isinstance(child, list) else [child]:
+                if isinstance(carrier, dict):
+                    for part in ("deviceIdentifier", "carrierHRF"):
+                        yield from (("identifiers", v) for v in _strings(carrier.get(part)))
+        if isinstance(child, (dict, list)) or child_key in ("reference", *IDENTIFIER_LEAVES):
+            yield from _walk_phi(child, child_key)
+
+
+def resource_phi(resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """Yields ``(category, value)`` for every identifying value of one input resource.
 
     Args:
-        patient: The original (not de-identified) Patient resource.
+        resource: The original (not de-identified) resource.
 
     Yields:
         Category (one of ``PHI_CATEGORIES``) and the raw value.
     """
-    yield from (("ids", value) for value in _strings(patient.get("id")))
-    for identifier in patient.get("identifier") or []:
-        if isinstance(identifier, dict):
-            yield from (("identifiers", value) for value in _strings(identifier.get("value")))
-    yield from (("names", value) for value in _names(patient.get("name")))
-    yield from (("telecom", value) for value in _telecom(patient.get("telecom")))
-    yield from (("addresses", value) for value in _addresses(patient.get("address")))
-    for extension in patient.get("extension") or []:
-        if not isinstance(extension, dict):
-            continue
-        if extension.get("url") == MAIDEN_NAME_URL:
-            yield from (("maiden_names", value) for value in _strings(extension.get("valueString")))
-        elif extension.get("url") == BIRTH_PLACE_URL:
-            yield from (("addresses", value) for value in _addresses(extension.get("valueAddress")))
-    for contact in patient.get("contact") or []:
-        if isinstance(contact, dict):
-            yield from (("names", value) for value in _names(contact.get("name")))
-            yield from (("telecom", value) for value in _telecom(contact.get("telecom")))
-            yield from (("addresses", value) for value in _addresses(contact.get("address")))
+    yield from (("ids", value) for value in _strings(resource.get("id")))
+    if resource.get("resourceType") in NAMED_ROOTS:
+        yield from (("names", value) for value in _strings(resource.get("name")))
+        yield from (("names", value) for value in _strings(resource.get("alias")))
+    yield from _walk_phi(resource, "")
 
 
-def searchable(value: str) -> tuple[str, ...] | None:
+def patient_phi(patient: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """Yields ``(category, value)`` for one input Patient (kept for callers; see ``resource_phi``)."""
+    yield from resource_phi(patient)
+
+
+def searchable(value: str, min_token_chars: int = MIN_TOKEN_CHARS) -> tuple[str, ...] | None:
     """Returns the token sequence to search for, or None when the value is too short to search."""
     parts = tuple(tokens(value))
-    if not parts or (len(parts) == 1 and len(parts[0]) < MIN_TOKEN_CHARS):
+    if not parts:
         return None
-    return parts
+    single = parts[0] if len(parts) == 1 else None
+    if single is not None and (
+        len(single) < min_token_chars or (single.isdigit() and len(single) < MIN_DIGIT_TOKEN_CHARS)
+    ):
+        return None
+    return parts[:MAX_SEQUENCE_TOKENS]
 
 
-def build_index(values: Iterable[tuple[str, str]]) -> tuple[PhiIndex, Counter[str]]:
-    r"""Indexes PHI values by their first token.
+def seq_key(parts: Iterable[str]) -> str:
+    """The join key of a token sequence (128-bit blake2b hex)."""
+    return hashlib.blake2b("\x1f".join(parts).encode("utf-8"), digest_size=16).hexdigest()
 
-    Args:
-        values: ``(category, value)`` pairs.
 
-    Returns:
-        The index (first token -> list of (token sequence, category)) and counts
-        ``indexed\t<category>`` / ``skipped\t<category>``.
+@lru_cache(maxsize=1 << 16)
+def _positions(item: str, bits: int, hashes: int) -> tuple[int, ...]:
+    """Bit positions of an item: double hashing over CRC-32 and Adler-32 (stable across processes)."""
+    data = item.encode("utf-8")
+    first = zlib.crc32(data) | (zlib.crc32(data[::-1]) << 32)
+    second = (zlib.adler32(data) << 1) | 1
+    return tuple((first + n * second) % bits for n in range(hashes))
+
+
+@dataclass
+class Bloom:
+    """A fixed-size Bloom filter over first tokens (``f:``) and token sequences (``s:``).
+
+    Attributes:
+        bits: Filter size in bits.
+        hashes: Number of bit positions per item.
+        array: The bit array (``bits / 8`` bytes).
+        lengths: The sequence lengths present (at most ``MAX_SEQUENCE_TOKENS`` values).
+        first_lengths: The character lengths of first tokens present (a cheap pre-filter).
+        items: Items added (for the false-positive estimate in the report).
     """
-    index: PhiIndex = {}
-    counts: Counter[str] = Counter()
-    seen: set[tuple[tuple[str, ...], str]] = set()
-    for category, value in values:
-        parts = searchable(value)
-        if parts is None:
-            counts["skipped\t" + category] += 1
-            continue
-        counts["indexed\t" + category] += 1
-        if (parts, category) not in seen:
-            seen.add((parts, category))
-            index.setdefault(parts[0], []).append((parts, category))
-    return index, counts
 
+    bits: int
+    hashes: int
+    array: bytearray
+    lengths: set[int]
+    first_lengths: set[int]
+    items: int = 0
+    _negative: set[str] = field(default_factory=set, repr=False, compare=False)
+    _positive: set[str] = field(default_factory=set, repr=False, compare=False)
 
-def scan_text(text: str, index: PhiIndex, strict_only: bool = False) -> Counter[str]:
-    """Counts occurrences of indexed PHI values in one piece of output text.
+    @classmethod
+    def empty(cls, bits: int, hashes: int) -> Bloom:
+        """A filter with no items."""
+        return cls(bits, hashes, bytearray((bits + 7) // 8), set(), set())
 
-    Args:
-        text: An output line.
-        index: From ``build_index``.
-        strict_only: Count only values that are never exempt (see ``scan_line``).
+    def _add(self, item: str) -> None:
+        for position in _positions(item, self.bits, self.hashes):
+            self.array[position >> 3] |= 1 << (position & 7)
 
-    Returns:
-        Hits per PHI category (empty when clean).
-    """
-    hits: Counter[str] = Counter()
-    line_tokens = tokens(text)
-    if index.keys().isdisjoint(line_tokens):
-        return hits
-    for position, token in enumerate(line_tokens):
-        candidates = index.get(token)
-        if not candidates:
-            continue
-        for parts, category in candidates:
-            if strict_only and len(parts) == 1 and category in EXEMPTABLE_CATEGORIES:
+    def _has(self, item: str) -> bool:
+        array = self.array
+        return all(array[p >> 3] & (1 << (p & 7)) for p in _positions(item, self.bits, self.hashes))
+
+    def add_sequence(self, parts: tuple[str, ...]) -> None:
+        """Adds one value's token sequence."""
+        self._add("f:" + parts[0])
+        self._add("s:" + "\x1f".join(parts))
+        self.lengths.add(len(parts))
+        self.first_lengths.add(len(parts[0]))
+        self.items += 1
+
+    def merge(self, other: Bloom) -> None:
+        """ORs another filter of the same size into this one."""
+        merged = int.from_bytes(self.array, "little") | int.from_bytes(other.array, "little")
+        self.array = bytearray(merged.to_bytes(len(self.array), "little"))
+        self.lengths |= other.lengths
+        self.first_lengths |= other.first_lengths
+        self.items += other.items
+
+    def candidates(self, text: str) -> Iterator[tuple[str, ...]]:
+        """Yields token sequences of ``text`` that may be indexed values (Bloom positives).
+
+        Fast path: distinct tokens are filtered by the first-token lengths present (C-speed set
+        and length checks skip, e.g., every 64-hex pseudonym), then by the first-token Bloom bits.
+        """
+        line = tokens(text)
+        unique = set(line)
+        new = unique - self._negative - self._positive
+        if new:
+            first_lengths = self.first_lengths
+            found = {token for token in new if len(token) in first_lengths and self._has("f:" + token)}
+            if len(self._negative) > CACHE_LIMIT:
+                self._negative.clear()
+            self._negative |= new - found
+            self._positive |= found
+        starts = unique & self._positive
+        if not starts:
+            return
+        lengths = sorted(self.lengths)
+        for position, token in enumerate(line):
+            if token not in starts:
                 continue
-            if tuple(line_tokens[position : position + len(parts)]) == parts:
-                hits[category] += 1
-    return hits
+            for length in lengths:
+                if position + length > len(line):
+                    break
+                parts = tuple(line[position : position + length])
+                if self._has("s:" + "\x1f".join(parts)):
+                    yield parts
+
+    def false_positive_rate(self) -> float:
+        """The estimated false-positive rate at the current fill."""
+        filled = sum(bin(byte).count("1") for byte in self.array) / self.bits
+        return filled**self.hashes
 
 
 def _blank_vocabulary(value: Any, kept: list[str], key: str = "") -> Any:
-    """Copies a JSON value with coded-vocabulary strings replaced by ``""`` (collected in ``kept``)."""
+    """Copies a JSON value with vocabulary/free-text strings replaced by ``""`` (collected in ``kept``)."""
     if isinstance(value, dict):
-        return {k: _blank_vocabulary(v, kept, k) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            if k == "data" and isinstance(v, str) and "contentType" in value:
+                kept.append(_decoded(v))
+                out[k] = ""
+            else:
+                out[k] = _blank_vocabulary(v, kept, k)
+        return out
     if isinstance(value, list):
         return [_blank_vocabulary(v, kept, key) for v in value]
     if isinstance(value, str) and key in VOCABULARY_KEYS:
@@ -180,31 +298,77 @@ def _blank_vocabulary(value: Any, kept: list[str], key: str = "") -> Any:
     return value
 
 
-def scan_line(line: str, index: PhiIndex) -> tuple[Counter[str], int]:
-    """Scans one output NDJSON line, exempting single common words inside coded vocabulary.
+def _decoded(data: str) -> str:
+    try:
+        return base64.b64decode(data, validate=True).decode("utf-8", errors="replace")
+    except (binascii.Error, ValueError):
+        return data
 
-    A one-word name or place (e.g. the family name ``White``) that occurs only inside a kept
-    ``display``/``text``/``valueString`` (e.g. the US Core race ``White``) is a vocabulary
-    match, not a leak: it is counted apart and does not fail the stage. Multi-word values (full
-    names, street lines, SSNs) and ids, identifiers and telecom values are never exempt.
 
-    Args:
-        line: One output line (a JSON object; other text is scanned as it is).
-        index: From ``build_index``.
+def line_candidates(line: str, bloom: Bloom) -> Iterator[tuple[str, str, int]]:
+    """Yields ``(seq_key, flag, token count)`` for each Bloom-positive sequence of one output line.
 
-    Returns:
-        Hits per category, and the number of exempt vocabulary matches.
+    ``flag`` is ``"vocabulary"`` for sequences found only inside kept vocabulary, free text or a
+    decoded attachment (single-word names/places there are exempt), ``"strict"`` otherwise.
     """
-    hits = scan_text(line, index)
-    if not hits:
-        return hits, 0
+    if "contentType" not in line and next(bloom.candidates(line), None) is None:
+        return
     try:
         document = orjson.loads(line)
     except orjson.JSONDecodeError:
-        return hits, 0
+        document = None
+    if not isinstance(document, (dict, list)):
+        for parts in bloom.candidates(line):
+            yield seq_key(parts), STRICT, len(parts)
+        return
     vocabulary: list[str] = []
     blanked = orjson.dumps(_blank_vocabulary(document, vocabulary)).decode("utf-8")
-    strict = scan_text(blanked, index)
+    for parts in bloom.candidates(blanked):
+        yield seq_key(parts), STRICT, len(parts)
     for text in vocabulary:
-        strict.update(scan_text(text, index, strict_only=True))
-    return strict, sum(hits.values()) - sum(strict.values())
+        for parts in bloom.candidates(text):
+            yield seq_key(parts), VOCABULARY, len(parts)
+
+
+def confirm(categories: Iterable[str], candidates: Iterable[tuple[str, str, int]]) -> Counter[str]:
+    r"""Counts confirmed hits for one join key.
+
+    Args:
+        categories: PHI categories of the input values with this key (empty: a Bloom false positive).
+        candidates: ``(file kind, flag, token count)`` of output sequences with this key.
+
+    Returns:
+        ``hits\t<kind>\t<category>`` and ``vocabulary_matches`` counts.
+    """
+    found = set(categories)
+    counts: Counter[str] = Counter()
+    if not found:
+        return counts
+    for kind, flag, length in candidates:
+        for category in found:
+            if flag == VOCABULARY and length == 1 and category in EXEMPTABLE_CATEGORIES:
+                counts["vocabulary_matches"] += 1
+            else:
+                counts[f"hits\t{kind}\t{category}"] += 1
+    return counts
+
+
+def scan_lines_exact(
+    lines: Iterable[str], values: Iterable[tuple[str, str]], bloom_bits: int = 1 << 20
+) -> Counter[str]:
+    """Scans lines for values in one process (for tests and small inputs): same rules as the pipeline."""
+    bloom = Bloom.empty(bloom_bits, 7)
+    by_key: dict[str, set[str]] = {}
+    for category, value in values:
+        parts = searchable(value)
+        if parts is not None:
+            bloom.add_sequence(parts)
+            by_key.setdefault(seq_key(parts), set()).add(category)
+    candidates: dict[str, list[tuple[str, str, int]]] = {}
+    for line in lines:
+        for key, flag, length in line_candidates(line, bloom):
+            candidates.setdefault(key, []).append(("line", flag, length))
+    total: Counter[str] = Counter()
+    for key, found in candidates.items():
+        total.update(confirm(by_key.get(key, set()), found))
+    return total

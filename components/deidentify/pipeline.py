@@ -3,21 +3,42 @@
 Pipeline 1 (de-identify), per input line ``(source, line number, bytes)``:
 
 * parse with orjson; bad lines (not JSON, not an object, no valid ``resourceType``, a Patient
-  without ``id``) go to the dead-letter output as ``{"source", "line", "reason"}``;
-* non-Patient resources are de-identified at once and written; Patients wait for one side input,
-  the end of data (latest original date of any patient-linked resource), needed for the age cap;
-* outputs are written with ``fileio.WriteToFiles``, one destination per resource type, named
-  like a FHIR Bulk export: ``<ResourceType>.<nnn>.ndjson`` (``nnn`` = 000, 001, ... one per
-  bundle that wrote the type; DirectRunner on small inputs gives ``.000`` only);
-* counts are kept per bundle and emitted once per bundle (no per-element metrics traffic), then
-  summed into one JSON file the driver reads.
+  without ``id``) go to the dead-letter output as ``{"source", "line", "reason"}`` (no PHI);
+* an identifier crosswalk ``"<Type>|<system>|<value>" -> id`` of the policy's conditional-reference
+  targets (Practitioner, Organization, ...) is read first, from a second read of the files, and
+  joins the de-identify step as a side input, with the providers' names, addresses, telecom and
+  identifier values that free text is also redacted of (both grow with providers, not patients);
+* non-Patient resources are de-identified at once and written. Those holding free text with a
+  patient wait for their patient's known identifiers: ``CoGroupByKey`` on the original patient id
+  of the pending resources and of each Patient's ``KnownIdentifiers``, then the free-text redactor
+  (``components.deidentify.free_text``) runs with that patient's values;
+* Patients wait for one side input, the end of data (latest original date of any patient-linked
+  resource), needed for the age cap; they also give the k-anonymity quasi-identifier counts and
+  the patient crosswalk ``identifier value (MRN, ...) -> Patient id`` (``patient_links``) that other
+  lanes use for linkage;
+* **lanes seam**: ``LANES`` maps a lane name (``dicom``, ``device_logs``, ``documents``, the
+  input subdirectories of the ingest layout) to a builder called with a ``LaneContext`` (the
+  pipeline, directories, key, policy, and the ``patient_links`` PCollection). A builder adds its
+  own transforms and returns a PCollection of count dictionaries (``lane_in``/``lane_out``/
+  ``lane_dead`` prefixes, summed with the FHIR counts) and a PCollection of dead-letter records
+  (written with the FHIR ones). ``components.deidentify.lanes`` registers ``dicom`` and
+  ``device_logs``; input subdirectories without a registered lane (``documents`` today) are
+  reported as not processed (their files are not copied to the output);
+* outputs are written with ``fileio.WriteToFiles``, one destination per resource type, named like
+  a FHIR Bulk export: ``<ResourceType>.<nnn>.ndjson``;
+* counts are kept per bundle and emitted once per bundle, then summed into one JSON file.
 
-Pipeline 2 (residual-PHI scan) reads the input files that held Patients again, builds the PHI
-index (``components.deidentify.phi_scan``) as a side input, then reads every output line back
-from storage (and the dead-letter file) and counts lines and PHI hits per file type.
+Pipeline 2 (residual-PHI scan) reads every input file again, collects every identifying value of
+every resource (``components.deidentify.phi_scan.resource_phi``) into a fixed-size Bloom filter
+(side input) and a keyed value set, reads every output line back from storage (and the dead
+letters), emits Bloom-positive token sequences as candidates and confirms them exactly with a
+``CoGroupByKey`` against the values.
 
-Nothing is collected in the driver: it only lists file names and reads the two small count files.
-The PCollections crossing a side-input wait are the Patient lines (one per patient) only.
+Memory (FnApiRunner/DirectRunner): the side inputs are the provider crosswalk, the Bloom filter
+(size from the policy) and the end-of-data day. What still grows with the input: the Patient
+lines waiting for the end of data, the ``CoGroupByKey`` of pending free-text resources and
+patients' known identifiers, and the scan's value/candidate join; the local runner keeps those in
+memory, Dataflow/Flink/Spark shuffle them through disk.
 """
 
 from __future__ import annotations
@@ -27,7 +48,8 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -40,23 +62,71 @@ from apache_beam.options.value_provider import StaticValueProvider
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from components.deidentify.phi_scan import PhiIndex, build_index, patient_phi, scan_line
-from components.deidentify.transform import deidentify_patient, deidentify_resource
+from components.deidentify import phi_scan
+from components.deidentify.dates import parse_day
+from components.deidentify.policy import Policy, rules_of
+from components.deidentify.transform import (
+    crosswalk_entries,
+    deidentify_patient,
+    deidentify_resource,
+    provider_redactor,
+    provider_values,
+    reference_day,
+)
 
 RESOURCE_TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 PROGRESS_EVERY = 20000
 DEAD = "dead"
 PATIENTS = "patients"
+PENDING = "pending"
 STATS = "stats"
 LATEST = "latest"
+REID = "reid"
 STATS_FILE = "stats.json"
 SCAN_FILE = "scan.json"
+LANE_DIRS = ("dicom", "device_logs", "documents")
 
 IN_PREFIX = "in\t"
 OUT_PREFIX = "out\t"
 DEAD_PREFIX = "dead\t"
-PATIENT_SOURCE_PREFIX = "patient_source\t"
+FILE_IN_PREFIX = "file_in\t"
+FILE_OUT_PREFIX = "file_out\t"
+FILE_DEAD_PREFIX = "file_dead\t"
+QI_PREFIX = "qi\t"
 BLANK_LINES = "blank_lines"
+PENDING_TEXT = "resources_joined_for_free_text"
+PENDING_WITHOUT_PATIENT = "free_text_patient_not_found"
+US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
+
+
+@dataclass(frozen=True)
+class LaneContext:
+    """What a lane builder gets (see the module docstring's lanes seam).
+
+    Attributes:
+        pipeline: The Beam pipeline to add transforms to.
+        input_dir: The ingest output directory (the lane reads ``<input_dir>/<lane>/``).
+        output_dir: The de-identified output directory (the lane writes under ``<output_dir>/<lane>/``).
+        dead_letter_dir: Where dead letters go.
+        work_dir: Scratch directory.
+        key: The HMAC key.
+        policy: The loaded policy (``policy.document["dicom"]`` / ``["device_logs"]``).
+        patient_links: PCollection of ``(identifier value, original FHIR Patient id)``; use
+            ``beam.pvalue.AsDict`` and ``components.deidentify.dicom.linkage.link_patient``.
+    """
+
+    pipeline: beam.Pipeline
+    input_dir: str
+    output_dir: str
+    dead_letter_dir: str
+    work_dir: str
+    key: bytes
+    policy: Policy
+    patient_links: beam.PCollection
+
+
+LaneBuilder = Callable[[LaneContext], tuple[beam.PCollection, beam.PCollection]]
+LANES: dict[str, LaneBuilder] = {}
 
 
 def _emit_once(value: Any) -> WindowedValue:
@@ -80,6 +150,9 @@ class ReadNumberedLines(beam.DoFn):
     corrupt gzip stream ends with one dead-letter record for the unreadable rest.
     """
 
+    def __init__(self, count: bool = True) -> None:
+        self._count = count
+
     def start_bundle(self) -> None:
         """Resets the per-bundle counts."""
         self._stats: Counter[str] = Counter()
@@ -99,53 +172,15 @@ class ReadNumberedLines(beam.DoFn):
         except (OSError, EOFError) as error:
             reason = f"file unreadable after this line ({type(error).__name__}: truncated or corrupt gzip?)"
             self._stats[IN_PREFIX + "<unreadable>"] += 1
+            self._stats[FILE_IN_PREFIX + name] += 1
+            self._stats[FILE_DEAD_PREFIX + name] += 1
             self._stats[DEAD_PREFIX + "file unreadable"] += 1
             yield beam.pvalue.TaggedOutput(DEAD, _dead(name, number + 1, reason))
 
     def finish_bundle(self) -> Iterator[Any]:
         """Emits this bundle's counts."""
-        yield beam.pvalue.TaggedOutput(STATS, _emit_once(dict(self._stats)))
-
-
-class DeidentifyFn(beam.DoFn):
-    """Parses and de-identifies one line; routes Patients and bad lines to tagged outputs."""
-
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-
-    def start_bundle(self) -> None:
-        """Resets the per-bundle counts."""
-        self._stats: Counter[str] = Counter()
-        self._latest = ""
-        self._seen = 0
-
-    def process(self, element: tuple[str, int, bytes]) -> Iterator[Any]:
-        """De-identifies one resource line."""
-        path, number, raw = element
-        self._seen += 1
-        if self._seen % PROGRESS_EVERY == 0:
-            print(f"deidentify: {self._seen:,} resources in this bundle so far", file=sys.stderr, flush=True)
-        resource, reason = _parse(raw)
-        if resource is None:
-            self._stats[IN_PREFIX + "<unparsed>"] += 1
-            self._stats[DEAD_PREFIX + reason.split(" (")[0]] += 1
-            yield beam.pvalue.TaggedOutput(DEAD, _dead(os.path.basename(path), number, reason))
-            return
-        resource_type = resource["resourceType"]
-        self._stats[IN_PREFIX + resource_type] += 1
-        if resource_type == "Patient":
-            self._stats[PATIENT_SOURCE_PREFIX + path] += 1
-            yield beam.pvalue.TaggedOutput(PATIENTS, raw)
-            return
-        out, latest = deidentify_resource(resource, self._key, self._stats)
-        self._latest = max(self._latest, latest)
-        self._stats[OUT_PREFIX + resource_type] += 1
-        yield resource_type, orjson.dumps(out)
-
-    def finish_bundle(self) -> Iterator[Any]:
-        """Emits this bundle's counts and latest date."""
-        yield beam.pvalue.TaggedOutput(STATS, _emit_once(dict(self._stats)))
-        yield beam.pvalue.TaggedOutput(LATEST, _emit_once(self._latest))
+        if self._count:
+            yield beam.pvalue.TaggedOutput(STATS, _emit_once(dict(self._stats)))
 
 
 def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str]:
@@ -167,20 +202,274 @@ def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     return value, ""
 
 
-class DeidentifyPatientFn(beam.DoFn):
-    """De-identifies one Patient line once the end of data is known (side input)."""
+def _reid_line(resource_type: str, original_id: Any, out: Mapping[str, Any]) -> bytes:
+    return orjson.dumps({"pseudonym": f"{resource_type}/{out.get('id')}", "original": f"{resource_type}/{original_id}"})
 
-    def __init__(self, key: bytes) -> None:
+
+PROVIDERS = "providers"
+
+
+class CrosswalkFn(beam.DoFn):
+    """Yields crosswalk entries of the conditional-reference target types (cheap byte pre-filter).
+
+    Also yields (tagged ``providers``) the names, addresses, telecom and identifier values of those
+    resources, for the provider redactor free text goes through.
+    """
+
+    def __init__(self, target_types: Iterable[str]) -> None:
+        types = sorted(target_types)
+        self._types = frozenset(types)
+        self._prefilter = re.compile(rb'"resourceType"\s*:\s*"(' + b"|".join(t.encode() for t in types) + rb')"')
+
+    def process(self, element: tuple[str, int, bytes]) -> Iterator[Any]:
+        """Parses only lines that may be a target resource."""
+        raw = element[2]
+        if not self._types or not self._prefilter.search(raw):
+            return
+        resource, _ = _parse(raw)
+        if resource is not None and resource["resourceType"] in self._types:
+            yield from crosswalk_entries(resource)
+            for value in provider_values(resource):
+                yield beam.pvalue.TaggedOutput(PROVIDERS, value)
+
+
+class ProviderRedactorCache:
+    """Builds the provider redactor once per worker from the side input."""
+
+    def __init__(self) -> None:
+        self._source: int | None = None
+        self._redactor: Any = None
+
+    def get(self, values: Sequence[tuple[str, str]]) -> Any:
+        """The redactor for this side-input value (rebuilt only when the side input changes)."""
+        if self._source != id(values):
+            self._redactor = provider_redactor(values)
+            self._source = id(values)
+        return self._redactor
+
+
+class DeidentifyFn(beam.DoFn):
+    """Parses and de-identifies one line; routes Patients, pending free text and bad lines."""
+
+    def __init__(self, key: bytes, policy: Policy, reid: bool) -> None:
         self._key = key
+        self._policy = policy
+        self._reid = reid
+
+    def setup(self) -> None:
+        """Builds the policy's lookup tables once per worker."""
+        self._rules = rules_of(self._policy)
+        self._providers = ProviderRedactorCache()
+
+    def start_bundle(self) -> None:
+        """Resets the per-bundle counts."""
+        self._stats: Counter[str] = Counter()
+        self._latest = ""
+        self._seen = 0
+
+    def process(
+        self, element: tuple[str, int, bytes], crosswalk: Mapping[str, str], providers: Sequence[tuple[str, str]]
+    ) -> Iterator[Any]:
+        """De-identifies one resource line."""
+        path, number, raw = element
+        name = os.path.basename(path)
+        self._seen += 1
+        if self._seen % PROGRESS_EVERY == 0:
+            print(f"deidentify: {self._seen:,} resources in this bundle so far", file=sys.stderr, flush=True)
+        self._stats[FILE_IN_PREFIX + name] += 1
+        resource, reason = _parse(raw)
+        if resource is None:
+            self._stats[IN_PREFIX + "<unparsed>"] += 1
+            self._stats[DEAD_PREFIX + reason.split(" (")[0]] += 1
+            self._stats[FILE_DEAD_PREFIX + name] += 1
+            yield beam.pvalue.TaggedOutput(DEAD, _dead(name, number, reason))
+            return
+        resource_type = resource["resourceType"]
+        self._stats[IN_PREFIX + resource_type] += 1
+        if resource_type == "Patient":
+            yield beam.pvalue.TaggedOutput(PATIENTS, (name, raw))
+            return
+        scratch: Counter[str] = Counter()
+        outcome = deidentify_resource(
+            resource,
+            self._key,
+            scratch,
+            self._rules,
+            self._policy,
+            defer_text=True,
+            crosswalk=crosswalk,
+            provider_redactor=self._providers.get(providers),
+        )
+        self._latest = max(self._latest, outcome.latest_day)
+        if outcome.needs_text:
+            self._stats[PENDING_TEXT] += 1
+            yield beam.pvalue.TaggedOutput(PENDING, (outcome.patient_id, (name, raw)))
+            return
+        self._stats.update(scratch)
+        self._stats[OUT_PREFIX + resource_type] += 1
+        self._stats[FILE_OUT_PREFIX + name] += 1
+        if self._reid and "id" in resource:
+            yield beam.pvalue.TaggedOutput(REID, _reid_line(resource_type, resource["id"], outcome.resource))
+        yield resource_type, orjson.dumps(outcome.resource)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        """Emits this bundle's counts and latest date."""
+        yield beam.pvalue.TaggedOutput(STATS, _emit_once(dict(self._stats)))
+        yield beam.pvalue.TaggedOutput(LATEST, _emit_once(self._latest))
+
+
+def known_identifiers(element: tuple[str, bytes]) -> tuple[str, Any]:
+    """``(original Patient id, KnownIdentifiers)`` of one Patient line."""
+    from components.deidentify.free_text import known_identifiers_from_patient
+
+    patient = orjson.loads(element[1])
+    return str(patient["id"]), known_identifiers_from_patient(patient)
+
+
+def patient_links(element: tuple[str, bytes]) -> Iterator[tuple[str, str]]:
+    """``(identifier value, original Patient id)`` for each identifier of one Patient line."""
+    patient = orjson.loads(element[1])
+    for identifier in patient.get("identifier") or []:
+        if isinstance(identifier, dict) and isinstance(identifier.get("value"), str) and identifier["value"]:
+            yield identifier["value"], str(patient["id"])
+
+
+class RedactPendingFn(beam.DoFn):
+    """De-identifies the free-text resources of one patient with that patient's redactor."""
+
+    def __init__(self, key: bytes, policy: Policy, reid: bool) -> None:
+        self._key = key
+        self._policy = policy
+        self._reid = reid
+
+    def setup(self) -> None:
+        """Builds the policy's lookup tables once per worker."""
+        self._rules = rules_of(self._policy)
+        self._providers = ProviderRedactorCache()
 
     def start_bundle(self) -> None:
         """Resets the per-bundle counts."""
         self._stats: Counter[str] = Counter()
 
-    def process(self, raw: bytes, end_of_data: str) -> Iterator[tuple[str, bytes]]:
-        """De-identifies one Patient."""
-        out = deidentify_patient(orjson.loads(raw), self._key, self._stats, end_of_data)
+    def process(
+        self,
+        element: tuple[str, Mapping[str, Iterable[Any]]],
+        crosswalk: Mapping[str, str],
+        providers: Sequence[tuple[str, str]],
+    ) -> Iterator[Any]:
+        """Redacts every pending resource of one patient."""
+        from components.deidentify.free_text import Redactor
+
+        _, groups = element
+        pending = list(groups[PENDING])
+        if not pending:
+            return
+        known = next(iter(groups[PATIENTS]), None)
+        if known is None:
+            self._stats[PENDING_WITHOUT_PATIENT] += len(pending)
+        redactor = Redactor(known)
+        for name, raw in pending:
+            resource = orjson.loads(raw)
+            outcome = deidentify_resource(
+                resource,
+                self._key,
+                self._stats,
+                self._rules,
+                self._policy,
+                redactor=redactor,
+                crosswalk=crosswalk,
+                provider_redactor=self._providers.get(providers),
+            )
+            resource_type = resource["resourceType"]
+            self._stats[OUT_PREFIX + resource_type] += 1
+            self._stats[FILE_OUT_PREFIX + name] += 1
+            if self._reid and "id" in resource:
+                yield beam.pvalue.TaggedOutput(REID, _reid_line(resource_type, resource["id"], outcome.resource))
+            yield resource_type, orjson.dumps(outcome.resource)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        """Emits this bundle's counts."""
+        yield beam.pvalue.TaggedOutput(STATS, _emit_once(dict(self._stats)))
+
+
+def quasi_identifiers(original: Mapping[str, Any], out: Mapping[str, Any], end_of_data: str, policy: Policy) -> str:
+    """The k-anonymity equivalence-class label of one de-identified Patient (generalised values only)."""
+    rules = rules_of(policy)
+    settings = policy.document.get("k_anonymity", {})
+    band = int(settings.get("age_band_years", 10))
+    wanted = settings.get("quasi_identifiers", ["age_band", "gender", "zip3", "race", "ethnicity"])
+    birth = parse_day(original.get("birthDate")) if isinstance(original.get("birthDate"), str) else None
+    age_band = "unknown"
+    if birth is not None:
+        reference = reference_day(dict(original), end_of_data)
+        age = reference.year - birth.year - ((reference.month, reference.day) < (birth.month, birth.day))
+        if age > rules.age_over:
+            age_band = f"{rules.age_reported}+"
+        else:
+            low = max(age, 0) // band * band
+            age_band = f"{low}-{min(low + band - 1, rules.age_over)}"
+    addresses = out.get("address") or []
+    zip_code = next((a.get("postalCode") for a in addresses if isinstance(a, dict) and a.get("postalCode")), "none")
+    values = {
+        "age_band": age_band,
+        "gender": str(out.get("gender") or "unknown"),
+        "zip3": str(zip_code),
+        "race": _omb_code(out, "us-core-race"),
+        "ethnicity": _omb_code(out, "us-core-ethnicity"),
+    }
+    return "|".join(values[name] for name in wanted)
+
+
+def _omb_code(patient: Mapping[str, Any], name: str) -> str:
+    for extension in patient.get("extension") or []:
+        if isinstance(extension, dict) and extension.get("url") == US_CORE + name:
+            for part in extension.get("extension") or []:
+                if isinstance(part, dict) and part.get("url") == "ombCategory":
+                    return str((part.get("valueCoding") or {}).get("code", "unknown"))
+    return "unknown"
+
+
+class DeidentifyPatientFn(beam.DoFn):
+    """De-identifies one Patient line once the end of data is known (side input)."""
+
+    def __init__(self, key: bytes, policy: Policy, reid: bool) -> None:
+        self._key = key
+        self._policy = policy
+        self._reid = reid
+
+    def setup(self) -> None:
+        """Builds the policy's lookup tables once per worker."""
+        self._rules = rules_of(self._policy)
+        self._providers = ProviderRedactorCache()
+
+    def start_bundle(self) -> None:
+        """Resets the per-bundle counts."""
+        self._stats: Counter[str] = Counter()
+
+    def process(
+        self, element: tuple[str, bytes], end_of_data: str, providers: Sequence[tuple[str, str]]
+    ) -> Iterator[Any]:
+        """De-identifies one Patient with its own free-text redactor."""
+        from components.deidentify.free_text import Redactor, known_identifiers_from_patient
+
+        name, raw = element
+        patient = orjson.loads(raw)
+        redactor = Redactor(known_identifiers_from_patient(patient))
+        out = deidentify_patient(
+            patient,
+            self._key,
+            self._stats,
+            end_of_data,
+            self._rules,
+            self._policy,
+            redactor,
+            self._providers.get(providers),
+        )
         self._stats[OUT_PREFIX + "Patient"] += 1
+        self._stats[FILE_OUT_PREFIX + name] += 1
+        self._stats[QI_PREFIX + quasi_identifiers(patient, out, end_of_data, self._policy)] += 1
+        if self._reid:
+            yield beam.pvalue.TaggedOutput(REID, _reid_line("Patient", patient["id"], out))
         yield "Patient", orjson.dumps(out)
 
     def finish_bundle(self) -> Iterator[Any]:
@@ -195,7 +484,7 @@ class SumCounts(beam.CombineFn):
         """Starts empty."""
         return Counter()
 
-    def add_input(self, accumulator: Counter[str], element: dict[str, int]) -> Counter[str]:
+    def add_input(self, accumulator: Counter[str], element: Mapping[str, int]) -> Counter[str]:
         """Adds one bundle's counts."""
         accumulator.update(element)
         return accumulator
@@ -241,17 +530,6 @@ def bulk_file_naming(
     return f"{destination}.{int(shard_index or 0):03d}.ndjson"
 
 
-def _write(records: beam.PCollection, label: str, output_dir: str, temp_dir: str) -> None:
-    _ = records | label >> fileio.WriteToFiles(
-        path=output_dir,
-        destination=resource_type_destination,
-        sink=lambda _destination: NdjsonSink(),
-        file_naming=bulk_file_naming,
-        temp_directory=StaticValueProvider(str, temp_dir),
-        max_writers_per_bundle=256,
-    )
-
-
 def _write_json(pcoll: beam.PCollection, label: str, path_prefix: str) -> None:
     _ = (
         pcoll
@@ -260,145 +538,252 @@ def _write_json(pcoll: beam.PCollection, label: str, path_prefix: str) -> None:
     )
 
 
+def _read_lines(pipeline: beam.Pipeline, label: str, files: Sequence[str], count: bool = True) -> Any:
+    return (
+        pipeline
+        | f"{label}Files" >> beam.Create(list(files))
+        | f"{label}Lines" >> beam.ParDo(ReadNumberedLines(count)).with_outputs(DEAD, STATS, main="lines")
+    )
+
+
 def run_deidentify(
     input_files: Sequence[str],
     key: bytes,
+    policy: Policy,
     output_dir: str,
     dead_letter_path: str,
     work_dir: str,
     options: PipelineOptions,
+    reid_path: str | None = None,
+    input_dir: str = "",
+    lanes: Sequence[str] = (),
 ) -> None:
     """Runs pipeline 1: de-identify every input line, write outputs, dead letters and counts.
 
     Args:
         input_files: NDJSON paths (plain or ``.gz``) on any Beam filesystem.
         key: The HMAC key (travels to workers inside the DoFns; never logged).
+        policy: The loaded policy.
         output_dir: Directory for ``<ResourceType>.<nnn>.ndjson``.
         dead_letter_path: The dead-letter file path (``.../dead_letter.ndjson``).
         work_dir: Directory for the counts file (``stats.json``) and Beam temp files.
         options: Beam pipeline options (runner etc.).
-
-    Raises:
-        RuntimeError: The pipeline did not finish successfully.
+        reid_path: Re-identification map file prefix (only when the policy allows it).
+        input_dir: The input directory (for lanes).
+        lanes: Names of registered lanes to run (``LANES``).
     """
+    reid = reid_path is not None
+    rules = rules_of(policy)
     with beam.Pipeline(options=options) as pipeline:
-        lines = (
-            pipeline
-            | "InputFiles" >> beam.Create(list(input_files))
-            | "ReadLines" >> beam.ParDo(ReadNumberedLines()).with_outputs(DEAD, STATS, main="lines")
+        lines = _read_lines(pipeline, "Input", input_files)
+        crosswalk_lines = _read_lines(pipeline, "Crosswalk", input_files, count=False)
+        targets = crosswalk_lines.lines | "CrosswalkEntries" >> beam.ParDo(
+            CrosswalkFn(rules.conditional_targets)
+        ).with_outputs(PROVIDERS, main="entries")
+        crosswalk = beam.pvalue.AsDict(targets.entries | "OneIdPerEntry" >> beam.CombinePerKey(min))
+        providers = beam.pvalue.AsSingleton(
+            targets[PROVIDERS]
+            | "DistinctProviderValues" >> beam.Distinct()
+            | "ProviderValues" >> beam.combiners.ToList()
         )
-        parsed = lines.lines | "Deidentify" >> beam.ParDo(DeidentifyFn(key)).with_outputs(
-            DEAD, PATIENTS, STATS, LATEST, main="resources"
-        )
+        parsed = lines.lines | "Deidentify" >> beam.ParDo(
+            DeidentifyFn(key, policy, reid), crosswalk, providers
+        ).with_outputs(DEAD, PATIENTS, PENDING, STATS, LATEST, REID, main="resources")
         end_of_data = parsed[LATEST] | "EndOfData" >> beam.CombineGlobally(lambda days: max(days, default=""))
         patients = parsed[PATIENTS] | "DeidentifyPatients" >> beam.ParDo(
-            DeidentifyPatientFn(key), end_of_data=beam.pvalue.AsSingleton(end_of_data)
-        ).with_outputs(STATS, main="patients")
-        temp_dir = FileSystems.join(work_dir, "beam-temp")
-        _write(parsed.resources, "WriteResources", output_dir, temp_dir)
-        _write(patients.patients, "WritePatients", output_dir, temp_dir)
-        dead = (lines[DEAD], parsed[DEAD]) | "DeadLetters" >> beam.Flatten()
+            DeidentifyPatientFn(key, policy, reid),
+            end_of_data=beam.pvalue.AsSingleton(end_of_data),
+            providers=providers,
+        ).with_outputs(STATS, REID, main="patients")
+        known = parsed[PATIENTS] | "KnownIdentifiers" >> beam.Map(known_identifiers)
+        joined = {PATIENTS: known, PENDING: parsed[PENDING]} | "JoinFreeText" >> beam.CoGroupByKey()
+        redacted = joined | "RedactFreeText" >> beam.ParDo(
+            RedactPendingFn(key, policy, reid), crosswalk, providers
+        ).with_outputs(STATS, REID, main="resources")
+        links = parsed[PATIENTS] | "PatientLinks" >> beam.FlatMap(patient_links)
+        lane_stats, lane_dead = [], []
+        for lane in lanes:
+            context = LaneContext(
+                pipeline,
+                input_dir,
+                output_dir,
+                os.path.dirname(dead_letter_path),
+                work_dir,
+                key,
+                policy,
+                links,
+            )
+            counts, dead_letters = LANES[lane](context)
+            lane_stats.append(counts)
+            lane_dead.append(dead_letters)
+        records = (parsed.resources, patients.patients, redacted.resources) | "AllResources" >> beam.Flatten()
+        _ = records | "WriteResources" >> fileio.WriteToFiles(
+            path=output_dir,
+            destination=resource_type_destination,
+            sink=lambda _destination: NdjsonSink(),
+            file_naming=bulk_file_naming,
+            temp_directory=StaticValueProvider(str, FileSystems.join(work_dir, "beam-temp")),
+            max_writers_per_bundle=256,
+        )
+        dead = (lines[DEAD], parsed[DEAD], *lane_dead) | "DeadLetters" >> beam.Flatten()
         _ = (
             dead
             | "DeadToText" >> beam.Map(lambda raw: raw.decode("utf-8"))
             | "WriteDeadLetters" >> beam.io.WriteToText(dead_letter_path, num_shards=1, shard_name_template="")
         )
-        stats = (lines[STATS], parsed[STATS], patients[STATS]) | "AllStats" >> beam.Flatten()
+        if reid_path is not None:
+            _ = (
+                (parsed[REID], patients[REID], redacted[REID])
+                | "ReidEntries" >> beam.Flatten()
+                | "ReidToText" >> beam.Map(lambda raw: raw.decode("utf-8"))
+                | "WriteReidMap" >> beam.io.WriteToText(reid_path, num_shards=1, shard_name_template="")
+            )
+        stats = (lines[STATS], parsed[STATS], patients[STATS], redacted[STATS], *lane_stats) | "AllStats" >> (
+            beam.Flatten()
+        )
         _write_json(stats | "SumStats" >> beam.CombineGlobally(SumCounts()), "Stats", _join(work_dir, STATS_FILE))
 
 
 class ExtractPhiFn(beam.DoFn):
-    """Yields ``(category, value)`` for the identifying values of each input Patient line."""
+    """Yields ``(seq_key, category, tokens)`` for every identifying value of every input resource."""
 
-    def process(self, element: tuple[str, int, bytes]) -> Iterator[tuple[str, str]]:
-        """Extracts PHI values from one line when it is a Patient."""
-        try:
-            resource = orjson.loads(element[2])
-        except orjson.JSONDecodeError:
-            return
-        if isinstance(resource, dict) and resource.get("resourceType") == "Patient":
-            yield from patient_phi(resource)
-
-
-class BuildIndexFn(beam.CombineFn):
-    """Collects PHI values into one ``(index, counts)`` pair."""
-
-    def create_accumulator(self) -> list[tuple[str, str]]:
-        """Starts empty."""
-        return []
-
-    def add_input(self, accumulator: list[tuple[str, str]], element: tuple[str, str]) -> list[tuple[str, str]]:
-        """Adds one value."""
-        accumulator.append(element)
-        return accumulator
-
-    def merge_accumulators(self, accumulators: Iterable[list[tuple[str, str]]]) -> list[tuple[str, str]]:
-        """Concatenates partial lists."""
-        return [item for accumulator in accumulators for item in accumulator]
-
-    def extract_output(self, accumulator: list[tuple[str, str]]) -> tuple[PhiIndex, dict[str, int]]:
-        """Builds the index."""
-        index, counts = build_index(accumulator)
-        return index, dict(counts)
-
-
-class ScanFn(beam.DoFn):
-    """Counts lines and residual-PHI hits per output file type."""
+    def __init__(self, min_token_chars: int) -> None:
+        self._min = min_token_chars
 
     def start_bundle(self) -> None:
         """Resets the per-bundle counts."""
         self._stats: Counter[str] = Counter()
 
-    def process(self, element: tuple[str, str], phi: tuple[PhiIndex, dict[str, int]]) -> None:
+    def process(self, element: tuple[str, int, bytes]) -> Iterator[Any]:
+        """Extracts PHI values from one input line."""
+        try:
+            resource = orjson.loads(element[2])
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(resource, dict):
+            return
+        for category, value in phi_scan.resource_phi(resource):
+            parts = phi_scan.searchable(value, self._min)
+            if parts is None:
+                self._stats["skipped\t" + category] += 1
+                continue
+            self._stats["indexed\t" + category] += 1
+            yield phi_scan.seq_key(parts), category, parts
+
+    def finish_bundle(self) -> Iterator[Any]:
+        """Emits this bundle's counts."""
+        yield beam.pvalue.TaggedOutput(STATS, _emit_once(dict(self._stats)))
+
+
+class BloomFn(beam.CombineFn):
+    """Builds the fixed-size Bloom filter of the value token sequences."""
+
+    def __init__(self, bits: int, hashes: int) -> None:
+        self._bits = bits
+        self._hashes = hashes
+
+    def create_accumulator(self) -> phi_scan.Bloom:
+        """An empty filter."""
+        return phi_scan.Bloom.empty(self._bits, self._hashes)
+
+    def add_input(self, accumulator: phi_scan.Bloom, element: tuple[str, ...]) -> phi_scan.Bloom:
+        """Adds one sequence."""
+        accumulator.add_sequence(element)
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[phi_scan.Bloom]) -> phi_scan.Bloom:
+        """ORs the filters."""
+        iterator = iter(accumulators)
+        merged = next(iterator)
+        for other in iterator:
+            merged.merge(other)
+        return merged
+
+    def extract_output(self, accumulator: phi_scan.Bloom) -> phi_scan.Bloom:
+        """The filter."""
+        return accumulator
+
+
+class ScanFn(beam.DoFn):
+    """Counts lines per output file type and emits Bloom-positive candidates for confirmation."""
+
+    def start_bundle(self) -> None:
+        """Resets the per-bundle counts."""
+        self._stats: Counter[str] = Counter()
+
+    def process(self, element: tuple[str, str], bloom: phi_scan.Bloom) -> Iterator[Any]:
         """Scans one output line."""
         file_name, line = element
         kind = os.path.basename(file_name).split(".", 1)[0]
         self._stats["lines\t" + kind] += 1
-        hits, exempt = scan_line(line, phi[0])
-        for category, count in hits.items():
-            self._stats[f"hits\t{kind}\t{category}"] += count
-        if exempt:
-            self._stats["vocabulary_matches"] += exempt
+        for key, flag, length in phi_scan.line_candidates(line, bloom):
+            self._stats["bloom_candidates"] += 1
+            yield key, (kind, flag, length)
 
     def finish_bundle(self) -> Iterator[Any]:
         """Emits this bundle's counts."""
-        yield _emit_once(dict(self._stats))
+        yield beam.pvalue.TaggedOutput(STATS, _emit_once(dict(self._stats)))
+
+
+def _confirm(element: tuple[str, Mapping[str, Iterable[Any]]]) -> Iterator[dict[str, int]]:
+    _, groups = element
+    candidates = list(groups["candidates"])
+    if candidates:
+        counts = phi_scan.confirm(groups["values"], candidates)
+        if counts:
+            yield dict(counts)
 
 
 def run_scan(
-    patient_files: Sequence[str],
+    input_files: Sequence[str],
     scanned_globs: Sequence[str],
     work_dir: str,
     options: PipelineOptions,
+    policy: Policy,
 ) -> None:
     """Runs pipeline 2: residual-PHI scan of the written outputs.
 
     Args:
-        patient_files: Input files that held Patient resources (to rebuild the PHI index).
+        input_files: Every input NDJSON file (the values of every resource are searched).
         scanned_globs: File patterns of everything the stage wrote (outputs and dead letters).
         work_dir: Directory for the result file ``scan.json``.
         options: Beam pipeline options.
+        policy: The policy (``residual_scan`` sizes the Bloom filter).
     """
+    settings = policy.document.get("residual_scan", {})
+    bits = int(settings.get("bloom_bits", 1 << 25))
+    hashes = int(settings.get("bloom_hashes", 7))
     with beam.Pipeline(options=options) as pipeline:
-        patient_lines = (
-            pipeline
-            | "PatientFiles" >> beam.Create(list(patient_files))
-            | "ReadPatients" >> beam.ParDo(ReadNumberedLines()).with_outputs(DEAD, STATS, main="lines")
-        ).lines
-        phi = (
-            patient_lines
-            | "ExtractPhi" >> beam.ParDo(ExtractPhiFn())
-            | "BuildIndex" >> beam.CombineGlobally(BuildIndexFn())
+        values = _read_lines(pipeline, "Scan", input_files, count=False).lines | "ExtractPhi" >> beam.ParDo(
+            ExtractPhiFn(int(settings.get("min_token_chars", phi_scan.MIN_TOKEN_CHARS)))
+        ).with_outputs(STATS, main="values")
+        bloom = (
+            values.values
+            | "Sequences" >> beam.Map(lambda value: value[2])
+            | "BuildBloom" >> beam.CombineGlobally(BloomFn(bits, hashes))
         )
-        side = beam.pvalue.AsSingleton(phi)
+        keyed_values = values.values | "KeyValues" >> beam.Map(lambda value: (value[0], value[1]))
+        side = beam.pvalue.AsSingleton(bloom)
         scans = [
             pipeline
             | f"Read{number}" >> beam.io.ReadFromTextWithFilename(pattern)
-            | f"Scan{number}" >> beam.ParDo(ScanFn(), phi=side)
+            | f"Scan{number}" >> beam.ParDo(ScanFn(), side).with_outputs(STATS, main="candidates")
             for number, pattern in enumerate(scanned_globs)
         ]
-        indexed = phi | "IndexCounts" >> beam.Map(lambda pair: pair[1])
-        totals = (*scans, indexed) | "AllScans" >> beam.Flatten() | "SumScans" >> beam.CombineGlobally(SumCounts())
+        candidates = [scan.candidates for scan in scans] | "AllCandidates" >> beam.Flatten()
+        confirmed = (
+            {"values": keyed_values, "candidates": candidates}
+            | "ConfirmCandidates" >> beam.CoGroupByKey()
+            | "Confirm" >> beam.FlatMap(_confirm)
+        )
+        bloom_stats = bloom | "BloomStats" >> beam.Map(
+            lambda b: {"bloom_items": b.items, "bloom_fpr_ppm": round(b.false_positive_rate() * 1e6)}
+        )
+        totals = (
+            (*[scan[STATS] for scan in scans], values[STATS], confirmed, bloom_stats)
+            | "AllScans" >> beam.Flatten()
+            | "SumScans" >> beam.CombineGlobally(SumCounts())
+        )
         _write_json(totals, "Scan", _join(work_dir, SCAN_FILE))
 
 

@@ -1,54 +1,85 @@
-"""De-identify one FHIR resource: a fail-closed walk over every element.
+"""De-identify one FHIR resource: a generic, fail-closed walk over every element, driven by the policy.
 
-The walk, for each ``key: value`` of an object (resource, contained resource or element):
+For each ``key: value`` of an object (resource, contained resource or element):
 
 1. ``resourceType`` at a resource root is kept. ``id`` at the top resource root becomes
    ``HMAC("<Type>/<id>")``; a contained resource keeps its local id (``#x`` references point to
-   it); element ids are removed.
-2. ``extension``/``modifierExtension``: only US Core race, ethnicity and birth sex survive (with
-   their ``ombCategory``/``detailed``/``text`` parts); every other extension is removed.
-3. Elements in ``policy.REMOVED_ELEMENTS`` (identifiers, telecom, notes, attachment data/url/
-   title, photo/contact/link, geolocation) are removed wherever they occur; ``name`` is removed
-   everywhere except ``Device.deviceName.name``; a ``text`` object (Narrative) is removed.
-4. ``address``: on the Patient it keeps ``use``/``type``/``state``/``country`` and the ZIP3 of
-   ``postalCode`` (restricted ZIP3 -> ``000``); everywhere else it is removed.
-5. ``reference`` is rewritten (``components.deidentify.references``); ``uid`` becomes a
-   ``2.25.<n>`` UID derived from the key.
-6. Objects and lists recurse; objects or lists left empty are dropped.
-7. String leaves: codes/URIs (``CODE_KEYS``) stay; any value matching a FHIR date/dateTime/
-   instant is shifted by the patient's offset (removed for resources without a patient); tokens
-   (``TOKEN_KEYS``), Coding ``display`` and CodeableConcept ``text`` stay; every other string is
-   removed and counted (free text or unclassified, with its element path).
+   it) and is walked with the same rules; element ids are removed.
+2. ``extension``/``modifierExtension``: the policy's kept extensions (US Core race, ethnicity,
+   birth sex) survive with their allowed parts; every other URL is removed and counted (under its
+   Safe Harbor category when the policy names one, else ``extensions``).
+3. ``fhir.remove`` elements go wherever they occur, counted under their Safe Harbor category;
+   ``telecom`` is counted per ContactPoint system; ``identifier`` is removed or pseudonymised and
+   counted per identifier type (SS -> ssn, MR -> mrn, ...); a ``text`` object (Narrative) goes.
+4. ``address`` keeps the policy's parts for the resource type; ``postalCode`` becomes ZIP3
+   (restricted prefixes -> ``000``).
+5. ``reference`` is rewritten (``components.deidentify.references``); conditional references are
+   resolved through the identifier crosswalk; ``uid`` becomes a ``2.25.<n>`` UID.
+6. Attachments: base64 ``data`` of a text content type is decoded, redacted and re-encoded
+   (``size`` recomputed, ``hash`` removed); other data is removed.
+7. String leaves: codes/URIs stay; FHIR dates are shifted by the patient's offset (or cut to the
+   year); tokens, Coding ``display`` and CodeableConcept ``text`` stay; free-text elements go
+   through the redactor with the patient's known identifiers; every other string is removed and
+   counted as ``unclassified`` with its element path.
+8. Age quantities (``onsetAge``, UCUM ``a``) over the cap become the cap.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from components.deidentify import policy
 from components.deidentify.dates import cap_birth_date, looks_like_date, parse_day, shift_date
-from components.deidentify.keys import date_offset_days, pseudonym, pseudonymous_uid
-from components.deidentify.references import resource_patient_id, rewrite_reference
+from components.deidentify.keys import date_offset_days, hmac_hex, pseudonym, pseudonymous_uid
+from components.deidentify.policy import FhirRules, Policy
+from components.deidentify.references import CONDITIONAL_RE, resource_patient_id, rewrite_reference
 
 REMOVED: Any = object()  # sentinel: drop this element
 ZIP3_RE = re.compile(r"^\s*(\d{3})")
 SAFE_PATH_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
-
-# Keys handled by ``_element`` before the generic recursion in ``_value``.
-SPECIAL_KEYS = frozenset(
-    {"resourceType", "id", "extension", "modifierExtension", "name", "text", "address", "reference", "uid"}
-    | {"contained"}
-    | set(policy.REMOVED_ELEMENTS)
-)
+TEXT_CONTENT_RE = re.compile(r"^(text/|application/(json|xml|fhir\+json|fhir\+xml))", re.IGNORECASE)
+UCUM = "http://unitsofmeasure.org"
+AGE_UNITS = frozenset({"a", "yr", "year", "years"})
 
 REMOVED_PREFIX = "removed\t"
 REWRITTEN_PREFIX = "rewritten\t"
 UNCLASSIFIED_PATH_PREFIX = "unclassified_path\t"
+FREE_TEXT_PREFIX = "free_text\t"
+
+# Keys handled by ``_element`` before the generic recursion in ``_value``.
+BASE_SPECIAL_KEYS = frozenset(
+    {
+        "resourceType",
+        "id",
+        "extension",
+        "modifierExtension",
+        "name",
+        "text",
+        "address",
+        "reference",
+        "uid",
+        "contained",
+        "telecom",
+        "identifier",
+        "data",
+    }
+)
+
+
+class TextRedactor(Protocol):
+    """What the walk needs from ``components.deidentify.free_text.Redactor``."""
+
+    def redact(self, text: str) -> tuple[str, Counter[str]]:
+        """Returns the redacted text and counts per category."""
+        ...
 
 
 @dataclass
@@ -57,27 +88,43 @@ class WalkContext:
 
     Attributes:
         key: The HMAC key.
+        rules: The policy's FHIR rules.
         resource_type: The top-level resource type.
         offset: The patient's date offset in days; None when the resource has no patient.
         stats: Counters to add to (``removed\t<category>``, ``rewritten\t<category>``,
-            ``unclassified_path\t<path>``).
-        latest_day: The latest original ``YYYY-MM-DD`` prefix of any shifted date (for the
-            end of data used by the age cap); ``""`` when none.
+            ``unclassified_path\t<path>``, ``free_text\t<category>``).
+        redactor: The free-text redactor of the resource's patient; None defers (see ``defer_text``).
+        defer_text: True when free text must wait for the patient's redactor: the walk only records
+            ``needs_text`` and the caller walks the resource again with a redactor.
+        crosswalk: ``"<Type>|<system>|<value>" -> original id`` for conditional references.
+        provider_redactor: Applied after the patient's redactor: the names, addresses, telecom and
+            identifiers of providers (Practitioner, Organization, ...) that free text may mention.
+        latest_day: The latest original ``YYYY-MM-DD`` of any shifted date (end of data, age cap).
+        needs_text: Set when free text was met while deferring.
+        removed_any: Set when anything was removed or redacted (``meta.security`` REDACTED).
     """
 
     key: bytes
+    rules: FhirRules
     resource_type: str
     offset: int | None
     stats: Counter[str] = field(default_factory=Counter)
+    redactor: TextRedactor | None = None
+    defer_text: bool = False
+    crosswalk: Mapping[str, str] | None = None
+    provider_redactor: TextRedactor | None = None
     latest_day: str = ""
+    needs_text: bool = False
+    removed_any: bool = False
 
     def removed(self, category: str, count: int = 1) -> None:
         """Counts removed elements of a category."""
         self.stats[REMOVED_PREFIX + category] += count
+        self.removed_any = True
 
-    def rewritten(self, category: str) -> None:
-        """Counts one rewritten value of a category."""
-        self.stats[REWRITTEN_PREFIX + category] += 1
+    def rewritten(self, category: str, count: int = 1) -> None:
+        """Counts rewritten values of a category."""
+        self.stats[REWRITTEN_PREFIX + category] += count
 
     def unclassified(self, path: str, count: int = 1) -> None:
         """Counts removed values the policy does not know, by element path."""
@@ -99,62 +146,146 @@ def _path(path: str, key: str) -> str:
     return path + "." + _path_key(key)
 
 
-def deidentify_resource(resource: dict[str, Any], key: bytes, stats: Counter[str]) -> tuple[dict[str, Any], str]:
+@dataclass(frozen=True)
+class Outcome:
+    """The result of de-identifying one resource.
+
+    Attributes:
+        resource: The de-identified resource (meta tagged with the policy).
+        latest_day: Latest original day among its shifted dates (``""`` when none).
+        needs_text: The resource holds free text that waits for its patient's redactor.
+        patient_id: The original id of the resource's patient (None when it has none).
+    """
+
+    resource: dict[str, Any]
+    latest_day: str
+    needs_text: bool
+    patient_id: str | None
+
+
+def deidentify_resource(
+    resource: dict[str, Any],
+    key: bytes,
+    stats: Counter[str],
+    rules: FhirRules,
+    the_policy: Policy,
+    redactor: TextRedactor | None = None,
+    defer_text: bool = False,
+    crosswalk: Mapping[str, str] | None = None,
+    provider_redactor: TextRedactor | None = None,
+) -> Outcome:
     """De-identifies one non-Patient resource (Patients go through ``deidentify_patient``).
 
     Args:
         resource: The parsed resource (not modified).
         key: The HMAC key.
         stats: Counters to add to.
+        rules: The policy's FHIR rules.
+        the_policy: The policy (stamped into ``meta``).
+        redactor: The free-text redactor of the resource's patient.
+        defer_text: Record ``needs_text`` instead of redacting when ``redactor`` is None.
+        crosswalk: Identifier crosswalk for conditional references.
+        provider_redactor: Redacts provider values from free text after ``redactor``.
 
     Returns:
-        The de-identified resource and the latest original day among its shifted dates.
+        The outcome. When ``needs_text`` is set, the resource must be walked again with a redactor
+        (its counts are then discarded by the caller passing a scratch ``stats``).
     """
     patient_id = resource_patient_id(resource)
     offset = date_offset_days(key, patient_id) if patient_id else None
-    ctx = WalkContext(key, str(resource["resourceType"]), offset, stats)
-    return _walk_object(resource, ctx.resource_type, ctx, root="resource"), ctx.latest_day
+    ctx = WalkContext(
+        key,
+        rules,
+        str(resource["resourceType"]),
+        offset,
+        stats,
+        redactor=redactor,
+        defer_text=defer_text and redactor is None and patient_id is not None,
+        crosswalk=crosswalk,
+        provider_redactor=provider_redactor,
+    )
+    out = _walk_object(resource, ctx.resource_type, ctx, root="resource")
+    _stamp(out, the_policy, ctx)
+    return Outcome(out, ctx.latest_day, ctx.needs_text, patient_id)
 
 
-def deidentify_patient(resource: dict[str, Any], key: bytes, stats: Counter[str], end_of_data: str) -> dict[str, Any]:
-    """De-identifies a Patient and caps ages over 89.
+def deidentify_patient(
+    resource: dict[str, Any],
+    key: bytes,
+    stats: Counter[str],
+    end_of_data: str,
+    rules: FhirRules,
+    the_policy: Policy,
+    redactor: TextRedactor | None = None,
+    provider_redactor: TextRedactor | None = None,
+) -> dict[str, Any]:
+    """De-identifies a Patient and aggregates ages over the policy's cap.
 
     The patient's reference day is its death (``deceasedDateTime``) or else the end of data,
-    whichever is earlier. When the age on that day is 90 or more, the shifted ``birthDate`` gets
-    the year that makes the age on the shifted reference day exactly 90 (a full date is kept).
+    whichever is earlier. When the age on that day is over ``ages.aggregate_over``, the
+    de-identified ``birthDate`` gets the year that makes the age on the (shifted) reference day
+    exactly ``ages.reported_as`` (in year mode: reference year minus that age).
 
     Args:
         resource: The parsed Patient (must have an ``id``).
         key: The HMAC key.
         stats: Counters to add to.
-        end_of_data: ``YYYY-MM-DD`` of the latest (original) date in the export; ``""`` means
-            today.
+        end_of_data: ``YYYY-MM-DD`` of the latest (original) date in the export; ``""`` = today.
+        rules: The policy's FHIR rules.
+        the_policy: The policy (stamped into ``meta``).
+        redactor: The patient's own free-text redactor.
+        provider_redactor: Redacts provider values from free text after ``redactor``.
 
     Returns:
         The de-identified Patient.
     """
     offset = date_offset_days(key, str(resource["id"]))
-    ctx = WalkContext(key, "Patient", offset, stats)
+    ctx = WalkContext(key, rules, "Patient", offset, stats, redactor=redactor, provider_redactor=provider_redactor)
     out = _walk_object(resource, "Patient", ctx, root="resource")
+    _stamp(out, the_policy, ctx)
     birth = parse_day(resource.get("birthDate")) if isinstance(resource.get("birthDate"), str) else None
     if birth is None or "birthDate" not in out:
         return out
-    reference = parse_day(end_of_data) or dt.date.today()
-    deceased = resource.get("deceasedDateTime")
-    death = parse_day(deceased) if isinstance(deceased, str) else None
-    if death is not None and death < reference:
-        reference = death
+    reference = reference_day(resource, end_of_data)
     age = reference.year - birth.year - ((reference.month, reference.day) < (birth.month, birth.day))
-    if age >= policy.AGE_CAP_YEARS:
-        out["birthDate"] = cap_birth_date(out["birthDate"], reference + dt.timedelta(days=offset), policy.AGE_CAP_YEARS)
+    if age > rules.age_over:
+        if rules.date_mode == "year":
+            out["birthDate"] = f"{reference.year - rules.age_reported:04d}"
+        else:
+            shifted_reference = reference + dt.timedelta(days=offset)
+            out["birthDate"] = cap_birth_date(out["birthDate"], shifted_reference, rules.age_reported)
         ctx.rewritten(policy.AGES_CAPPED)
     return out
 
 
+def reference_day(patient: dict[str, Any], end_of_data: str) -> dt.date:
+    """The day ages are measured on: death, or the end of data (today when unknown), whichever is earlier."""
+    reference = parse_day(end_of_data) or dt.date.today()
+    deceased = patient.get("deceasedDateTime")
+    death = parse_day(deceased) if isinstance(deceased, str) else None
+    return death if death is not None and death < reference else reference
+
+
+def _stamp(out: dict[str, Any], the_policy: Policy, ctx: WalkContext) -> None:
+    """Records the policy on the resource: ``meta.tag`` (policy and hash) and ``meta.security``."""
+    meta = out.setdefault("meta", {})
+    meta.setdefault("tag", []).extend(
+        [
+            {"system": policy.POLICY_TAG_SYSTEM, "code": the_policy.label},
+            {"system": policy.POLICY_HASH_TAG_SYSTEM, "code": the_policy.sha256},
+        ]
+    )
+    security = meta.setdefault("security", [])
+    security.append({"system": policy.SECURITY_SYSTEM, "code": "PSEUDED"})
+    if ctx.removed_any:
+        security.append({"system": policy.SECURITY_SYSTEM, "code": "REDACTED"})
+
+
 def _walk_object(obj: dict[str, Any], path: str, ctx: WalkContext, root: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    removed = ctx.rules.removed_elements
     for key, value in obj.items():
-        if key in SPECIAL_KEYS or value is None:
+        if value is None or key in BASE_SPECIAL_KEYS or key in removed:
             new = _element(key, value, obj, path, ctx, root)
         else:
             new = _value(key, value, obj, _path(path, key), ctx)
@@ -165,27 +296,34 @@ def _walk_object(obj: dict[str, Any], path: str, ctx: WalkContext, root: str | N
 
 def _element(key: str, value: Any, parent: dict[str, Any], path: str, ctx: WalkContext, root: str | None) -> Any:
     """Applies the policy to one element (steps 1-6 of the module docstring)."""
+    rules = ctx.rules
     if value is None:
         ctx.unclassified(_path(path, key))
         return REMOVED
     if key == "resourceType" and root:
         return value
     if key == "id":
-        return _resource_id(value, ctx, root, path)
+        return _resource_id(value, ctx, root)
     if key in ("extension", "modifierExtension"):
         return _extensions(value, _path(path, key), ctx, parent_url=None)
-    category = policy.REMOVED_ELEMENTS.get(key)
+    if key == "name" and (path + ".name").endswith(rules.keep_name_paths):
+        return _value(key, value, parent, _path(path, key), ctx)
+    category = rules.removed_elements.get(key)
     if category is not None:
         ctx.removed(category, _size(value))
         return REMOVED
-    if key == "name" and not path.endswith(".deviceName"):
-        ctx.removed(policy.NAMES, _size(value))
+    if key == "name":
+        ctx.removed("names", _size(value))
         return REMOVED
     if key == "text" and isinstance(value, dict):
         ctx.removed(policy.NARRATIVES)
         return REMOVED
+    if key == "telecom":
+        return _telecom(value, _path(path, key), ctx)
+    if key == "identifier":
+        return _identifiers(value, _path(path, key), ctx)
     if key == "address":
-        return _address(value, ctx, patient_root=root == "resource" and ctx.resource_type == "Patient")
+        return _address(value, ctx, root_type=ctx.resource_type if root else None, path=path)
     if key == "reference" and isinstance(value, str):
         return _reference(value, parent, path, ctx)
     if key == "uid" and isinstance(value, str):
@@ -193,6 +331,8 @@ def _element(key: str, value: Any, parent: dict[str, Any], path: str, ctx: WalkC
         return pseudonymous_uid(ctx.key, value)
     if key == "contained" and isinstance(value, list):
         return _drop_empty([_contained(item, _path(path, key), ctx) for item in value])
+    if key == "data" and isinstance(value, str) and "contentType" in parent:
+        return _attachment_data(value, parent, ctx)
     return _value(key, value, parent, _path(path, key), ctx)
 
 
@@ -203,6 +343,10 @@ def _value(key: str, value: Any, parent: dict[str, Any], path: str, ctx: WalkCon
         return _string(key, value, parent, path, ctx)
     if kind is dict:
         walked = _walk_object(value, path, ctx)
+        if walked and _is_age(key, walked):
+            _cap_age(walked, ctx)
+        if "data" in walked and "contentType" in walked and "size" in walked:
+            walked["size"] = len(base64.b64decode(walked["data"]))
         return walked if walked else REMOVED
     if kind is list:
         items = []
@@ -220,6 +364,20 @@ def _value(key: str, value: Any, parent: dict[str, Any], path: str, ctx: WalkCon
     return REMOVED
 
 
+def _is_age(key: str, quantity: dict[str, Any]) -> bool:
+    if not isinstance(quantity.get("value"), (int, float)) or isinstance(quantity.get("value"), bool):
+        return False
+    if key.endswith("Age") or key == "age":
+        return True
+    return quantity.get("system") == UCUM and (quantity.get("code") in AGE_UNITS or quantity.get("unit") in AGE_UNITS)
+
+
+def _cap_age(quantity: dict[str, Any], ctx: WalkContext) -> None:
+    if quantity["value"] > ctx.rules.age_over:
+        quantity["value"] = ctx.rules.age_reported
+        ctx.rewritten(policy.AGES_CAPPED)
+
+
 def _drop_empty(items: list[Any]) -> Any:
     kept = [item for item in items if item is not REMOVED]
     return kept if kept else REMOVED
@@ -227,53 +385,118 @@ def _drop_empty(items: list[Any]) -> Any:
 
 def _string(key: str, value: str, parent: dict[str, Any], path: str, ctx: WalkContext) -> Any:
     """Classifies one string leaf (step 7)."""
-    if key in policy.CODE_KEYS:
+    rules = ctx.rules
+    if key in rules.code_keys:
         return value
     if looks_like_date(value, key):
         return _date(key, value, ctx)
-    if key in policy.TOKEN_KEYS:
+    if key in rules.token_keys:
         return value
     if key == "display" and ("code" in parent or "system" in parent):
         return value
     if key == "text" and "coding" in parent:
         return value
-    if key == "name" and path.endswith(".deviceName.name"):
+    if key == "name" and (path).endswith(rules.keep_name_paths):
         return value  # a device model name, not a person's
     if key == "valueString" and parent.get("url") == "text" and path.endswith(".extension.valueString"):
         return value  # US Core race/ethnicity text; only reachable inside an allowed extension
-    if key in policy.FREE_TEXT_KEYS:
-        ctx.removed(policy.FREE_TEXT)
-    else:
-        ctx.unclassified(path)
+    if key == "display" and "reference" in parent and not rules.reference_display_redact:
+        ctx.removed("names")
+        return REMOVED
+    if key in rules.free_text_keys:
+        return _free_text(value, ctx)
+    ctx.unclassified(path)
     return REMOVED
 
 
+def _free_text(value: str, ctx: WalkContext) -> Any:
+    """Redacts (or removes, per policy) one free-text string."""
+    if not ctx.rules.free_text_redact:
+        ctx.removed(policy.FREE_TEXT)
+        return REMOVED
+    if ctx.redactor is None and ctx.defer_text:
+        ctx.needs_text = True
+        return REMOVED
+    redactor = ctx.redactor if ctx.redactor is not None else patterns_only_redactor()
+    redacted, counts = redactor.redact(value)
+    if ctx.provider_redactor is not None:
+        redacted, more = ctx.provider_redactor.redact(redacted)
+        counts.update(more)
+    for category, count in counts.items():
+        ctx.stats[FREE_TEXT_PREFIX + category] += count
+    if counts:
+        ctx.removed_any = True
+    ctx.rewritten(policy.FREE_TEXT_REDACTED)
+    return redacted
+
+
+@lru_cache(maxsize=1)
+def patterns_only_redactor() -> TextRedactor:
+    """The redactor for text with no patient (pattern rules only)."""
+    from components.deidentify.free_text import Redactor
+
+    return Redactor(None)
+
+
+def _attachment_data(value: str, attachment: dict[str, Any], ctx: WalkContext) -> Any:
+    """Decodes, redacts and re-encodes text attachments; removes binary ones."""
+    content_type = attachment.get("contentType")
+    if not ctx.rules.attachment_redact or not isinstance(content_type, str) or not TEXT_CONTENT_RE.match(content_type):
+        ctx.removed("photos" if str(content_type).startswith("image/") else policy.FREE_TEXT)
+        return REMOVED
+    try:
+        text = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        ctx.removed(policy.FREE_TEXT)
+        return REMOVED
+    redacted = _free_text(text, ctx)
+    if redacted is REMOVED:
+        return REMOVED
+    ctx.rewritten(policy.ATTACHMENTS_REDACTED)
+    return base64.b64encode(redacted.encode("utf-8")).decode("ascii")
+
+
 def _date(key: str, value: str, ctx: WalkContext) -> Any:
-    if ctx.offset is None:
+    rules = ctx.rules
+    if ctx.offset is None and not (rules.date_mode == "year" or rules.dates_without_patient == "year"):
         ctx.removed(policy.DATES_REMOVED)
         return REMOVED
+    if rules.date_mode == "year" or ctx.offset is None:
+        ctx.rewritten(policy.DATES_GENERALISED)
+        _note_latest(key, value, ctx)
+        return value[:4]
     shifted = shift_date(value, ctx.offset)
     if shifted is None:
         ctx.removed(policy.DATES_REMOVED)
         return REMOVED
-    if key not in policy.END_OF_DATA_EXCLUDED_KEYS and value[:10] > ctx.latest_day:
-        ctx.latest_day = value[:10]
+    _note_latest(key, value, ctx)
     ctx.rewritten(policy.DATES_SHIFTED)
     return shifted
 
 
-def _resource_id(value: Any, ctx: WalkContext, root: str | None, path: str) -> Any:
+def _note_latest(key: str, value: str, ctx: WalkContext) -> None:
+    if ctx.offset is not None and key != "expirationDate" and value[:10] > ctx.latest_day:
+        ctx.latest_day = value[:10]
+
+
+def _resource_id(value: Any, ctx: WalkContext, root: str | None) -> Any:
     if root == "resource" and isinstance(value, str) and value:
         ctx.rewritten(policy.IDS_PSEUDONYMISED)
         return pseudonym(ctx.key, ctx.resource_type, value)
     if root == "contained" and isinstance(value, str) and value:
         return value
-    ctx.removed(policy.IDENTIFIERS)
+    ctx.removed("other_unique")
     return REMOVED
 
 
 def _reference(value: str, holder: dict[str, Any], path: str, ctx: WalkContext) -> Any:
     element = path.rsplit(".", 1)[-1]
+    conditional = CONDITIONAL_RE.match(value)
+    if conditional and ctx.rules.conditional_resolve and ctx.crosswalk:
+        target = ctx.crosswalk.get(conditional_key(conditional.group(1), conditional.group(2)) or "")
+        if target is not None:
+            ctx.rewritten(policy.REFERENCES_RESOLVED)
+            return f"{conditional.group(1)}/{pseudonym(ctx.key, conditional.group(1), target)}"
     rewritten = rewrite_reference(ctx.key, value, holder, element)
     if rewritten is None:
         ctx.removed(policy.REFERENCES_REMOVED)
@@ -283,6 +506,58 @@ def _reference(value: str, holder: dict[str, Any], path: str, ctx: WalkContext) 
     return rewritten
 
 
+def conditional_key(resource_type: str, query: str) -> str | None:
+    """The crosswalk key of ``<Type>?identifier=<system>|<value>`` (None for other queries)."""
+    if not query.startswith("identifier="):
+        return None
+    token = query[len("identifier=") :]
+    system, _, value = token.rpartition("|")
+    return f"{resource_type}|{system}|{value}"
+
+
+PROVIDER_NAME_ROOTS = frozenset({"Organization", "Location", "HealthcareService", "InsurancePlan"})
+
+
+def provider_values(resource: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """Yields ``(field, value)`` of a provider resource that free text may mention.
+
+    ``field`` is ``names``, ``addresses``, ``telecom`` or ``identifiers`` (KnownIdentifiers fields).
+    """
+    from components.deidentify.phi_scan import resource_phi
+
+    mapping = {"names": "names", "addresses": "addresses", "telecom": "telecom", "identifiers": "identifiers"}
+    for category, value in resource_phi(dict(resource)):
+        if category in mapping:
+            yield mapping[category], value
+
+
+def provider_redactor(values: Iterable[tuple[str, str]]) -> TextRedactor | None:
+    """A known-values-only redactor of provider values (None when there are none)."""
+    from components.deidentify.free_text import KnownIdentifiers, Redactor
+
+    fields: dict[str, list[str]] = {"names": [], "addresses": [], "telecom": [], "identifiers": []}
+    for name, value in values:
+        fields[name].append(value)
+    if not any(fields.values()):
+        return None
+    known = KnownIdentifiers(**{name: tuple(dict.fromkeys(items)) for name, items in fields.items()})
+    return Redactor(known, categories=frozenset())
+
+
+def crosswalk_entries(resource: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(crosswalk key, original id)`` for each identifier of a resource (see ``conditional_key``)."""
+    resource_type, resource_id = resource.get("resourceType"), resource.get("id")
+    if not isinstance(resource_id, str):
+        return []
+    entries = []
+    for identifier in resource.get("identifier") or []:
+        if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
+            system = identifier.get("system") if isinstance(identifier.get("system"), str) else ""
+            entries.append((f"{resource_type}|{system}|{identifier['value']}", resource_id))
+            entries.append((f"{resource_type}||{identifier['value']}", resource_id))
+    return entries
+
+
 def _contained(item: Any, path: str, ctx: WalkContext) -> Any:
     if not isinstance(item, dict) or not isinstance(item.get("resourceType"), str):
         ctx.unclassified(path)
@@ -290,19 +565,65 @@ def _contained(item: Any, path: str, ctx: WalkContext) -> Any:
     return _walk_object(item, _path(path, str(item["resourceType"])), ctx, root="contained")
 
 
+def _telecom(value: Any, path: str, ctx: WalkContext) -> Any:
+    if ctx.rules.telecom_remove:
+        for point in value if isinstance(value, list) else [value]:
+            system = point.get("system") if isinstance(point, dict) else None
+            ctx.removed(ctx.rules.telecom_category.get(str(system), "telephone"))
+        return REMOVED
+    return _value("telecom", value, {}, path, ctx)
+
+
+def identifier_category(identifier: Any, rules: FhirRules) -> str:
+    """The Safe Harbor category of one Identifier, from its v2-0203 type code or else its system."""
+    if not isinstance(identifier, dict):
+        return rules.identifier_default_category
+    if isinstance(identifier.get("type"), dict):
+        for coding in identifier["type"].get("coding") or []:
+            if isinstance(coding, dict) and coding.get("code") in rules.identifier_category:
+                return rules.identifier_category[coding["code"]]
+    system = identifier.get("system")
+    if isinstance(system, str) and system in rules.identifier_system_category:
+        return rules.identifier_system_category[system]
+    return rules.identifier_default_category
+
+
+def _identifiers(value: Any, path: str, ctx: WalkContext) -> Any:
+    items = value if isinstance(value, list) else [value]
+    if not ctx.rules.identifiers_pseudonymise:
+        for identifier in items:
+            ctx.removed(identifier_category(identifier, ctx.rules))
+        return REMOVED
+    kept = []
+    for identifier in items:
+        if not isinstance(identifier, dict) or not isinstance(identifier.get("value"), str):
+            ctx.removed(identifier_category(identifier, ctx.rules))
+            continue
+        system = identifier.get("system") if isinstance(identifier.get("system"), str) else ""
+        out: dict[str, Any] = {"system": system} if system else {}
+        if isinstance(identifier.get("type"), dict):
+            walked = _value("type", identifier["type"], identifier, _path(path, "type"), ctx)
+            if walked is not REMOVED:
+                out["type"] = walked
+        out["value"] = hmac_hex(ctx.key, f"identifier:{system}|{identifier['value']}")
+        ctx.rewritten(policy.IDENTIFIERS_PSEUDONYMISED)
+        kept.append(out)
+    result = _drop_empty(kept)
+    return result if isinstance(value, list) or result is REMOVED else result[0]
+
+
 def _extensions(value: Any, path: str, ctx: WalkContext, parent_url: str | None) -> Any:
-    """Keeps the allowed (US Core race/ethnicity/birth sex) extensions, removes the rest."""
+    """Keeps the policy's allowed extensions, removes (and counts) the rest."""
+    allowed_map = ctx.rules.allowed_extensions
     if not isinstance(value, list):
         ctx.removed(policy.EXTENSIONS)
         return REMOVED
     kept = []
     for extension in value:
         url = extension.get("url") if isinstance(extension, dict) else None
-        allowed = (
-            url in policy.ALLOWED_EXTENSIONS[parent_url] if parent_url is not None else url in policy.ALLOWED_EXTENSIONS
-        )
+        allowed = url in allowed_map[parent_url] if parent_url is not None else url in allowed_map
         if not allowed:
-            ctx.removed(policy.EXTENSIONS)
+            ctx.removed(ctx.rules.extension_category.get(str(url), policy.EXTENSIONS))
             continue
         kept.append(_allowed_extension(extension, path, ctx, url if parent_url is None else None))
     return _drop_empty(kept)
@@ -316,7 +637,7 @@ def _allowed_extension(extension: dict[str, Any], path: str, ctx: WalkContext, o
         if key == "extension" and own_url is not None:
             new = _extensions(value, _path(path, key), ctx, parent_url=own_url)
         elif key in ("extension", "id"):
-            ctx.removed(policy.EXTENSIONS if key == "extension" else policy.IDENTIFIERS, _size(value))
+            ctx.removed(policy.EXTENSIONS if key == "extension" else "other_unique", _size(value))
             new = REMOVED
         else:
             new = _value(key, value, extension, _path(path, key), ctx)
@@ -325,32 +646,42 @@ def _allowed_extension(extension: dict[str, Any], path: str, ctx: WalkContext, o
     return out if len(out) > 1 else REMOVED
 
 
-def _address(value: Any, ctx: WalkContext, patient_root: bool) -> Any:
-    """Generalises Patient addresses to state/ZIP3/country; removes every other address."""
-    if not patient_root:
-        ctx.removed(policy.ADDRESSES, _size(value))
+def _address(value: Any, ctx: WalkContext, root_type: str | None, path: str) -> Any:
+    """Keeps the policy's address parts for the resource type (at its root); removes the rest."""
+    parts = ctx.rules.address_parts
+    kept_parts = parts.get(root_type or "", parts["default"]) if path.count(".") == 0 else parts["default"]
+    if not kept_parts:
+        ctx.removed("geographic", _size(value))
         return REMOVED
     addresses = value if isinstance(value, list) else [value]
-    kept = [_patient_address(address, ctx) for address in addresses]
+    kept = [_one_address(address, ctx, kept_parts) for address in addresses]
     result = _drop_empty(kept)
     return result if isinstance(value, list) or result is REMOVED else result[0]
 
 
-def _patient_address(address: Any, ctx: WalkContext) -> Any:
+def _one_address(address: Any, ctx: WalkContext, kept_parts: frozenset[str]) -> Any:
     if not isinstance(address, dict):
-        ctx.removed(policy.ADDRESSES)
+        ctx.removed("geographic")
         return REMOVED
     out: dict[str, Any] = {}
     removed = False
     for key, value in address.items():
-        if key in policy.PATIENT_ADDRESS_KEPT and isinstance(value, str):
-            out[key] = value
-        elif key == "postalCode" and isinstance(value, str) and ZIP3_RE.match(value):
-            zip3 = ZIP3_RE.match(value).group(1)  # type: ignore[union-attr]
-            out[key] = "000" if zip3 in policy.RESTRICTED_ZIP3 else zip3
+        if key == "postalCode" and key in kept_parts and isinstance(value, str) and ZIP3_RE.match(value):
+            out[key] = zip3(value, ctx.rules)
             ctx.rewritten(policy.POSTAL_CODES_GENERALISED)
+        elif key in kept_parts and key != "postalCode" and isinstance(value, str):
+            out[key] = value
         else:
             removed = True
     if removed:
-        ctx.removed(policy.ADDRESSES)
+        ctx.removed("geographic")
     return out if out else REMOVED
+
+
+def zip3(postal_code: str, rules: FhirRules) -> str:
+    """The Safe Harbor ZIP3 of a US postal code (restricted prefixes -> the replacement)."""
+    match = ZIP3_RE.match(postal_code)
+    if match is None:
+        return rules.zip3_replacement
+    prefix = match.group(1)
+    return rules.zip3_replacement if prefix in rules.restricted_zip3 else prefix

@@ -1,13 +1,23 @@
-"""Unit tests of the residual-PHI scan."""
+"""Unit tests of the residual-PHI scan (values of every resource, Bloom filter + exact confirmation)."""
 
 from __future__ import annotations
 
+import base64
 from collections import Counter
 from typing import Any
 
 import orjson
 
-from components.deidentify.phi_scan import build_index, patient_phi, scan_line, scan_text, tokens
+from components.deidentify.phi_scan import (
+    Bloom,
+    confirm,
+    line_candidates,
+    resource_phi,
+    scan_lines_exact,
+    searchable,
+    seq_key,
+    tokens,
+)
 
 PATIENT: dict[str, Any] = {
     "resourceType": "Patient",
@@ -19,48 +29,95 @@ PATIENT: dict[str, Any] = {
     "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName", "valueString": "Brisk"}],
     "contact": [{"name": {"family": "Panza"}}],
 }
+PRACTITIONER: dict[str, Any] = {
+    "resourceType": "Practitioner",
+    "id": "pr-77",
+    "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "9999912345"}],
+    "name": [{"family": "Casey", "given": ["Benedict"]}],
+    "address": [{"line": ["1 Hospital Way"], "city": "Springfield"}],
+}
+ORGANIZATION = {"resourceType": "Organization", "id": "org-1", "name": "Valley Primary Care Associates"}
+OBSERVATION = {
+    "resourceType": "Observation",
+    "id": "obs-1",
+    "subject": {"reference": "urn:uuid:5e1d7a44-aaaa"},
+    "device": {"reference": "Device/d1"},
+}
 
 
-def index() -> Any:
-    return build_index(patient_phi(PATIENT))
+def scan(lines: list[str], *resources: dict[str, Any]) -> Counter[str]:
+    values = [value for resource in resources for value in resource_phi(resource)]
+    return scan_lines_exact(lines, values)
 
 
-def test_collects_every_identifying_value_by_category() -> None:
-    values = Counter(category for category, _ in patient_phi(PATIENT))
+def test_collects_values_of_every_resource_type_by_category() -> None:
+    values = Counter(category for category, _ in resource_phi(PATIENT))
     assert values == Counter(ids=1, identifiers=2, names=5, telecom=1, addresses=2, maiden_names=1)
-    assert ("names", "Zelda Ann Quixote") in set(patient_phi(PATIENT))
+    assert ("names", "Zelda Ann Quixote") in set(resource_phi(PATIENT))
+    assert {("names", "Benedict Casey"), ("identifiers", "9999912345"), ("addresses", "Springfield")} <= set(
+        resource_phi(PRACTITIONER)
+    )
+    assert ("names", "Valley Primary Care Associates") in set(resource_phi(ORGANIZATION))
+    assert {("ids", "obs-1"), ("ids", "5e1d7a44-aaaa")} <= set(resource_phi(OBSERVATION))
 
 
 def test_finds_values_in_any_separator_and_case() -> None:
-    phi, counts = index()
-    assert counts["indexed\tnames"] == 5
-    assert scan_text('{"x":"quixote"}', phi) == Counter(names=1)
-    assert scan_text('{"ssn":"999 12 3456"}', phi) == Counter(identifiers=1)
-    assert scan_text('{"line":"12 WINDMILL lane"}', phi) == Counter(addresses=1)
-    assert scan_text('{"ref":"Patient/3f0c-77aa"}', phi) == Counter(ids=1)
-    assert scan_text(orjson.dumps(PATIENT).decode(), phi)["names"] >= 4
+    assert scan(['{"x":"quixote"}'], PATIENT) == Counter({"hits\tline\tnames": 1})
+    assert scan(['{"ssn":"999 12 3456"}'], PATIENT) == Counter({"hits\tline\tidentifiers": 1})
+    assert scan(['{"line":"12 WINDMILL lane"}'], PATIENT) == Counter({"hits\tline\taddresses": 1})
+    assert scan(['{"ref":"Patient/3f0c-77aa"}'], PATIENT) == Counter({"hits\tline\tids": 1})
+    assert scan(['{"x":"npi 9999912345 and 5e1d7a44-aaaa"}'], PRACTITIONER, OBSERVATION) == Counter(
+        {"hits\tline\tidentifiers": 1, "hits\tline\tids": 1}
+    )
 
 
 def test_does_not_match_inside_longer_tokens_or_partial_phrases() -> None:
-    phi, _ = index()
-    assert scan_text('{"display":"Annual check-up; Quixotes"}', phi) == Counter()
-    assert scan_text('{"line":"12 Windmill Road"}', phi) == Counter()
-    assert scan_text('{"value":"999-12-3457"}', phi) == Counter()
+    assert scan(['{"code":"Annual check-up; Quixotes"}'], PATIENT) == Counter()
+    assert scan(['{"line":"12 Windmill Road"}'], PATIENT) == Counter()
+    assert scan(['{"value":"999-12-3457"}'], PATIENT) == Counter()
 
 
-def test_short_values_are_counted_as_skipped() -> None:
-    _, counts = build_index([("names", "J"), ("names", "Jo")])
-    assert counts == Counter({"skipped\tnames": 1, "indexed\tnames": 1})
+def test_short_values_are_not_searched() -> None:
+    assert searchable("J") is None and searchable("Jo") == ("jo",)
+    assert searchable("12") is None  # a lone short number (street number, sequence) is not searchable
+    assert searchable("12 Main St") == ("12", "main", "st")
 
 
 def test_tokens_split_on_ascii_punctuation_and_keep_accented_letters() -> None:
     assert tokens("Véliz-O'Brien_42") == ["véliz", "o", "brien", "42"]
 
 
-def test_single_word_names_inside_coded_vocabulary_are_exempt_not_leaks() -> None:
-    phi, _ = build_index(patient_phi(dict(PATIENT, name=[{"family": "White", "given": ["Zelda"]}])))
+def test_single_word_names_inside_vocabulary_or_free_text_are_exempt_not_leaks() -> None:
+    white = dict(PATIENT, name=[{"family": "White", "given": ["Zelda"]}])
     race = {"url": "text", "valueString": "White", "valueCoding": {"code": "2106-3", "display": "White"}}
-    assert scan_line(orjson.dumps(race).decode(), phi) == (Counter(), 2)
-    assert scan_line('{"code":"white"}', phi) == (Counter(names=1), 0)
-    assert scan_line('{"text":"seen by Zelda White"}', phi) == (Counter(names=1), 2)  # full name never exempt
-    assert scan_line('{"text":"ssn 999-12-3456"}', phi) == (Counter(identifiers=1), 0)
+    assert scan([orjson.dumps(race).decode()], white) == Counter(vocabulary_matches=2)
+    assert scan(['{"code":"white"}'], white) == Counter({"hits\tline\tnames": 1})
+    assert scan(['{"text":"seen by Zelda White"}'], white)["hits\tline\tnames"] == 1  # full name never exempt
+    assert scan(['{"text":"ssn 999-12-3456"}'], white) == Counter({"hits\tline\tidentifiers": 1})
+
+
+def test_base64_attachment_data_is_decoded_and_scanned() -> None:
+    data = base64.b64encode(b"Patient Zelda Ann Quixote, MRN00042").decode()
+    line = orjson.dumps({"content": [{"attachment": {"contentType": "text/plain", "data": data}}]}).decode()
+    hits = scan([line], PATIENT)
+    assert hits["hits\tline\tnames"] >= 1 and hits["hits\tline\tidentifiers"] == 1
+
+
+def test_bloom_false_positives_are_not_hits() -> None:
+    bloom = Bloom.empty(64, 1)
+    bloom.add_sequence(("quixote",))
+    bloom.array = bytearray(b"\xff" * 8)  # saturated: every sequence is a Bloom positive
+    candidates = list(line_candidates('{"x":"windmil"}', bloom))
+    assert candidates  # positives from the saturated filter ...
+    assert confirm([], [("line", flag, n) for _, flag, n in candidates]) == Counter()  # ... confirmed as none
+    assert confirm(["names"], [("line", "strict", 1)]) == Counter({"hits\tline\tnames": 1})
+    assert seq_key(("a", "b")) != seq_key(("ab",))
+
+
+def test_bloom_merge_is_a_union() -> None:
+    first, second = Bloom.empty(1 << 12, 5), Bloom.empty(1 << 12, 5)
+    first.add_sequence(("zelda",))
+    second.add_sequence(("quixote", "lane"))
+    first.merge(second)
+    assert list(first.candidates("Zelda at Quixote Lane")) == [("zelda",), ("quixote", "lane")]
+    assert first.items == 2 and 0 < first.false_positive_rate() < 1e-6

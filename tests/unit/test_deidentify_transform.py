@@ -13,15 +13,21 @@ import pytest
 from clinflow.errors import UserError
 from components.deidentify import policy
 from components.deidentify.dates import looks_like_date, shift_date
+from components.deidentify.free_text import Redactor, known_identifiers_from_patient
 from components.deidentify.keys import date_offset_days, load_key, pseudonym, pseudonymous_uid
+from components.deidentify.policy import load_policy, rules_of
 from components.deidentify.references import resource_patient_id, rewrite_reference
 from components.deidentify.transform import (
+    FREE_TEXT_PREFIX,
     REMOVED_PREFIX,
     REWRITTEN_PREFIX,
     UNCLASSIFIED_PATH_PREFIX,
     deidentify_patient,
     deidentify_resource,
 )
+
+POLICY = load_policy()
+RULES = rules_of(POLICY)
 
 KEY = b"unit-test-key-0123456789abcdef0123456789"
 OTHER_KEY = b"another-unit-test-key-0123456789abcdef01"
@@ -108,15 +114,28 @@ def observation(patient_id: str = "pat-1") -> dict[str, Any]:
     }
 
 
-def run(resource: dict[str, Any], key: bytes = KEY) -> tuple[dict[str, Any], Counter[str]]:
+def strip_meta(resource: dict[str, Any]) -> dict[str, Any]:
+    """Drops the policy stamp (meta.tag/meta.security) so tests can compare the rest."""
+    out = dict(resource)
+    meta = {k: v for k, v in out.pop("meta", {}).items() if k not in ("tag", "security")}
+    if meta:
+        out["meta"] = meta
+    return out
+
+
+def run(
+    resource: dict[str, Any], key: bytes = KEY, redactor: Redactor | None = None
+) -> tuple[dict[str, Any], Counter[str]]:
     stats: Counter[str] = Counter()
-    out, _ = deidentify_resource(copy.deepcopy(resource), key, stats)
-    return out, stats
+    outcome = deidentify_resource(copy.deepcopy(resource), key, stats, RULES, POLICY, redactor=redactor)
+    return strip_meta(outcome.resource), stats
 
 
 def run_patient(resource: dict[str, Any], end_of_data: str = "2021-01-01") -> tuple[dict[str, Any], Counter[str]]:
     stats: Counter[str] = Counter()
-    return deidentify_patient(copy.deepcopy(resource), KEY, stats, end_of_data), stats
+    redactor = Redactor(known_identifiers_from_patient(resource))
+    out = deidentify_patient(copy.deepcopy(resource), KEY, stats, end_of_data, RULES, POLICY, redactor)
+    return strip_meta(out), stats
 
 
 # --- key handling ----------------------------------------------------------------------------
@@ -231,6 +250,10 @@ def test_dates_of_resources_without_a_patient_are_removed() -> None:
     out, stats = run(organization)
     assert "meta" not in out
     assert stats[REMOVED_PREFIX + policy.DATES_REMOVED] == 1
+    stamped = deidentify_resource(organization, KEY, Counter(), RULES, POLICY).resource["meta"]
+    assert {"system": policy.POLICY_TAG_SYSTEM, "code": "safe-harbor@1.0.0"} in stamped["tag"]
+    assert {"system": policy.POLICY_HASH_TAG_SYSTEM, "code": POLICY.sha256} in stamped["tag"]
+    assert {"system": policy.SECURITY_SYSTEM, "code": "PSEUDED"} in stamped["security"]
 
 
 def test_age_over_89_is_capped_at_90_on_the_shifted_end_of_data() -> None:
@@ -277,8 +300,10 @@ def test_patient_identifying_elements_are_gone() -> None:
         "pat-2",
     ):
         assert value not in text, value
-    assert stats[REMOVED_PREFIX + policy.EXTENSIONS] == 3
-    assert stats[REMOVED_PREFIX + policy.NAMES] == 1
+    assert stats[REMOVED_PREFIX + policy.EXTENSIONS] == 1  # the unknown URL
+    assert stats[REMOVED_PREFIX + "names"] == 3  # name, mother's maiden name, contact
+    assert stats[REMOVED_PREFIX + "geographic"] == 2  # birthPlace, street/city/district of the address
+    assert stats[REMOVED_PREFIX + "ssn"] == 1 and stats[REMOVED_PREFIX + "telephone"] == 1
     assert stats[REMOVED_PREFIX + policy.NARRATIVES] == 1
 
 
@@ -289,24 +314,34 @@ def test_patient_identifying_elements_are_gone() -> None:
 def test_restricted_zip3_becomes_000(postal_code: str, expected: str) -> None:
     out, _ = run_patient(make_patient(address=[{"postalCode": postal_code, "state": "NH"}]))
     assert out["address"] == [{"postalCode": expected, "state": "NH"}]
-    assert len(policy.RESTRICTED_ZIP3) == 17
+    assert len(RULES.restricted_zip3) == 17
 
 
 def test_non_us_postal_code_is_removed() -> None:
     out, stats = run_patient(make_patient(address=[{"postalCode": "SW1A 1AA", "country": "GB"}]))
     assert out["address"] == [{"country": "GB"}]
-    assert stats[REMOVED_PREFIX + policy.ADDRESSES] == 1
+    assert stats[REMOVED_PREFIX + "geographic"] == 2  # the postal code and the birthPlace extension
 
 
-def test_free_text_and_reference_display_removed_coded_display_kept() -> None:
-    out, stats = run(observation())
-    assert "valueString" not in out and "note" not in out
+def test_free_text_redacted_with_the_patients_values_reference_display_removed_coded_display_kept() -> None:
+    redactor = Redactor(known_identifiers_from_patient(make_patient()))
+    out, stats = run(observation(), redactor=redactor)
+    assert out["valueString"] == "Patient [NAME] said she felt dizzy"
+    assert out["note"] == [{"text": "call back at [PHONE]"}]
+    assert stats[FREE_TEXT_PREFIX + "name"] == 1 and stats[FREE_TEXT_PREFIX + "phone"] == 1
     assert out["code"]["coding"][0]["display"] == "Systolic blood pressure"
     assert out["valueQuantity"]["value"] == 128
     enc, _ = run(encounter())
     assert "display" not in enc["subject"]
     assert "identifier" not in enc and "versionId" not in enc["meta"]
-    assert stats[REMOVED_PREFIX + policy.FREE_TEXT] == 2
+
+
+def test_free_text_waits_for_its_patient_when_deferred() -> None:
+    outcome = deidentify_resource(observation(), KEY, Counter(), RULES, POLICY, defer_text=True)
+    assert outcome.needs_text and outcome.patient_id == "pat-1"
+    organization = {"resourceType": "Organization", "id": "o", "type": [{"text": "call 555-867-5309"}]}
+    outcome = deidentify_resource(organization, KEY, Counter(), RULES, POLICY, defer_text=True)
+    assert not outcome.needs_text and outcome.resource["type"] == [{"text": "call [PHONE]"}]
 
 
 def test_practitioner_and_organization_lose_names_contacts_and_identifiers() -> None:
@@ -324,17 +359,18 @@ def test_practitioner_and_organization_lose_names_contacts_and_identifiers() -> 
         "id": "o-1",
         "name": "General Hospital",
         "alias": ["GH"],
-        "address": [{"line": ["1 Hospital Way"], "city": "Springfield"}],
         "type": [{"coding": [{"system": "http://terminology.hl7.org", "code": "prov"}]}],
     }
     practitioner_out, _ = run(practitioner)
-    assert practitioner_out == {
+    assert practitioner_out == {  # names, telecom, address and the NPI removed
         "resourceType": "Practitioner",
         "id": pseudonym(KEY, "Practitioner", "pr-1"),
         "gender": "male",
     }
     organization_out, _ = run(organization)
     assert set(organization_out) == {"resourceType", "id", "type"}
+    organization["address"] = [{"line": ["1 Hospital Way"], "city": "Springfield", "state": "MA"}]
+    assert run(organization)[0]["address"] == [{"state": "MA"}]  # the policy keeps an organization's state
 
 
 def test_unknown_string_elements_fail_closed_and_are_counted_by_path() -> None:
@@ -399,11 +435,11 @@ def test_device_identifiers_removed_and_model_name_kept() -> None:
     assert out["deviceName"] == [{"name": "Cardiac pacemaker", "type": "user-friendly-name"}]
     for element in ("udiCarrier", "serialNumber", "lotNumber", "distinctIdentifier"):
         assert element not in out
-    assert stats[REMOVED_PREFIX + policy.IDENTIFIERS] == 4
+    assert stats[REMOVED_PREFIX + "device_identifiers"] == 4
 
 
 def test_input_resource_is_not_modified() -> None:
     original = make_patient()
     snapshot = copy.deepcopy(original)
-    deidentify_patient(original, KEY, Counter(), "2021-01-01")
+    deidentify_patient(original, KEY, Counter(), "2021-01-01", RULES, POLICY)
     assert original == snapshot

@@ -1,0 +1,160 @@
+"""The DICOM and device-log lanes of the deidentify pipeline (plugged into ``pipeline.LANES``).
+
+Each lane reads ``<input>/<lane>/*`` (the ingest layout), de-identifies every file with the pure
+functions of its module (``components.deidentify.dicom.deidentify.deidentify_dicom``,
+``components.deidentify.device_logs.deidentify_device_log``) using the patient crosswalk built from
+the FHIR Patients (``pipeline.LaneContext.patient_links``: MRN -> FHIR Patient id, so a linked
+patient's DICOM and device logs shift by the FHIR patient's date offset), writes the result under
+``<output>/<lane>/`` and returns counts (``lane_in``/``lane_out``/``lane_dead`` per lane) and
+dead-letter records ``{"source", "line", "reason"}`` (quarantined DICOM files included, with their
+reason code). Nothing here logs or reports a value from a file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import apache_beam as beam
+import orjson
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from components.deidentify import pipeline
+
+LANE_IN_PREFIX = "lane_in\t"
+LANE_OUT_PREFIX = "lane_out\t"
+LANE_DEAD_PREFIX = "lane_dead\t"
+LANE_COUNT_PREFIX = "lane_count\t"
+
+
+def _list(directory: str) -> list[str]:
+    if "://" not in directory and not os.path.isdir(directory):
+        return []
+    return sorted(m.path for m in FileSystems.match([FileSystems.join(directory, "*")])[0].metadata_list)
+
+
+def _read(path: str) -> bytes:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return bytes(handle.read())
+
+
+def _write(path: str, data: bytes) -> None:
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.write(data)
+
+
+def _dead(lane: str, name: str, line: int, reason: str) -> Any:
+    return beam.pvalue.TaggedOutput(
+        pipeline.DEAD, orjson.dumps({"source": f"{lane}/{name}", "line": line, "reason": reason})
+    )
+
+
+class DicomFileFn(beam.DoFn):
+    """De-identifies one DICOM file."""
+
+    def __init__(self, key: bytes, dicom_section: Mapping[str, Any], source: str, output_dir: str) -> None:
+        self._key = key
+        self._section = dict(dicom_section)
+        self._source = source
+        self._output_dir = output_dir
+
+    def setup(self) -> None:
+        """Parses the ``dicom:`` policy section once per worker."""
+        from components.deidentify.dicom.policy import parse_dicom_policy
+
+        self._policy = parse_dicom_policy(self._section, self._source)
+
+    def process(self, path: str, crosswalk: Mapping[str, str]) -> Iterator[Any]:
+        """Yields counts (main output) and a dead letter when the file is not written."""
+        from components.deidentify.dicom.deidentify import deidentify_dicom
+
+        name = os.path.basename(path)
+        result = deidentify_dicom(_read(path), self._key, self._policy, crosswalk)
+        counts: Counter[str] = Counter({LANE_IN_PREFIX + "dicom": 1})
+        counts[f"{LANE_COUNT_PREFIX}dicom\t{result.outcome}"] += 1
+        counts[f"{LANE_COUNT_PREFIX}dicom\tpatients_{result.patient_link}"] += 1
+        for action, count in result.action_counts.items():
+            counts[f"{LANE_COUNT_PREFIX}dicom\t{action}"] += count
+        if result.outcome == "deidentified" and result.output is not None:
+            _write(FileSystems.join(self._output_dir, name), result.output)
+            counts[LANE_OUT_PREFIX + "dicom"] += 1
+        else:
+            counts[LANE_DEAD_PREFIX + "dicom"] += 1
+            yield _dead("dicom", name, 0, f"{result.reason_code}: {result.reason}")
+        yield dict(counts)
+
+
+class DeviceLogFileFn(beam.DoFn):
+    """De-identifies one device-log file (JSONL or CSV)."""
+
+    def __init__(self, key: bytes, output_dir: str) -> None:
+        self._key = key
+        self._output_dir = output_dir
+
+    def process(self, path: str, crosswalk: Mapping[str, str]) -> Iterator[Any]:
+        """Yields counts (main output) and one dead letter per rejected row."""
+        from components.deidentify.device_logs import deidentify_device_log
+
+        name = os.path.basename(path)
+        result = deidentify_device_log(name, _read(path), self._key, crosswalk)
+        counts: Counter[str] = Counter()
+        counts[LANE_IN_PREFIX + "device_logs"] += result.counts["records_in"] + (
+            1 if result.counts["records_in"] == 0 and result.dead_letter else 0
+        )
+        counts[LANE_OUT_PREFIX + "device_logs"] += result.counts["records_out"]
+        counts[LANE_DEAD_PREFIX + "device_logs"] += len(result.dead_letter)
+        for measure, count in result.counts.items():
+            counts[f"{LANE_COUNT_PREFIX}device_logs\t{measure}"] += count
+        if result.lines:
+            _write(FileSystems.join(self._output_dir, name), ("\n".join(result.lines) + "\n").encode("utf-8"))
+        for entry in result.dead_letter:
+            yield _dead("device_logs", name, int(entry["line"]), f"{entry['reason_code']}: {entry['reason']}")
+        yield dict(counts)
+
+
+def _crosswalk(context: pipeline.LaneContext, lane: str) -> Any:
+    return beam.pvalue.AsDict(context.patient_links | f"{lane}Crosswalk" >> beam.CombinePerKey(min))
+
+
+def _prepare(context: pipeline.LaneContext, lane: str) -> tuple[list[str], str]:
+    files = _list(FileSystems.join(context.input_dir, lane))
+    output = FileSystems.join(context.output_dir, lane)
+    if not FileSystems.exists(output):
+        FileSystems.mkdirs(output)
+    return files, output
+
+
+def dicom_lane(context: pipeline.LaneContext) -> tuple[beam.PCollection, beam.PCollection]:
+    """Adds the DICOM lane; returns (counts, dead letters)."""
+    files, output = _prepare(context, "dicom")
+    results = (
+        context.pipeline
+        | "DicomFiles" >> beam.Create(files)
+        | "DeidentifyDicom"
+        >> beam.ParDo(
+            DicomFileFn(context.key, context.policy.document.get("dicom", {}), context.policy.source, output),
+            _crosswalk(context, "Dicom"),
+        ).with_outputs(pipeline.DEAD, main="counts")
+    )
+    return results.counts, results[pipeline.DEAD]
+
+
+def device_log_lane(context: pipeline.LaneContext) -> tuple[beam.PCollection, beam.PCollection]:
+    """Adds the device-log lane; returns (counts, dead letters)."""
+    files, output = _prepare(context, "device_logs")
+    results = (
+        context.pipeline
+        | "DeviceLogFiles" >> beam.Create(files)
+        | "DeidentifyDeviceLogs"
+        >> beam.ParDo(DeviceLogFileFn(context.key, output), _crosswalk(context, "DeviceLogs")).with_outputs(
+            pipeline.DEAD, main="counts"
+        )
+    )
+    return results.counts, results[pipeline.DEAD]
+
+
+pipeline.LANES.setdefault("dicom", dicom_lane)
+pipeline.LANES.setdefault("device_logs", device_log_lane)
