@@ -1,4 +1,4 @@
-"""The DICOM and device-log lanes of the deidentify pipeline (plugged into ``pipeline.LANES``).
+"""The DICOM, device-log and document lanes of the deidentify pipeline (plugged into ``pipeline.LANES``).
 
 Each lane reads ``<input>/<lane>/*`` (the ingest layout), de-identifies every file with the pure
 functions of its module (``components.deidentify.dicom.deidentify.deidentify_dicom``,
@@ -8,6 +8,13 @@ patient's DICOM and device logs shift by the FHIR patient's date offset), writes
 ``<output>/<lane>/`` and returns counts (``lane_in``/``lane_out``/``lane_dead`` per lane) and
 dead-letter records ``{"source", "line", "reason"}`` (quarantined DICOM files included, with their
 reason code). Nothing here logs or reports a value from a file.
+
+The ``documents`` lane takes the text the ingest PDF lane extracted (``documents/<sha256>.json``;
+the PDF itself is never copied out, its pages may carry PHI in images or metadata), links it to the
+patient through the MRN found in it, redacts the patient's own identifiers and pattern-based PHI
+with ``components.deidentify.free_text.Redactor``, checks that none of the patient's known values
+survives (a document that still holds one goes to the dead letter: fail closed), and writes
+``documents/<HMAC of the sha256>.json`` with the patient's pseudonym and per-category counts.
 """
 
 from __future__ import annotations
@@ -115,6 +122,57 @@ class DeviceLogFileFn(beam.DoFn):
         yield dict(counts)
 
 
+class DocumentFileFn(beam.DoFn):
+    """Redacts the extracted text of one PDF document."""
+
+    def __init__(self, key: bytes, output_dir: str) -> None:
+        self._key = key
+        self._output_dir = output_dir
+
+    def process(self, path: str, crosswalk: Mapping[str, str], known: Mapping[str, Any]) -> Iterator[Any]:
+        """Yields counts (main output) and a dead letter when the document is not written."""
+        from components.deidentify.dicom.linkage import link_patient
+        from components.deidentify.free_text import Redactor
+        from components.deidentify.keys import hmac_hex
+
+        name = os.path.basename(path)
+        counts: Counter[str] = Counter({LANE_IN_PREFIX + "documents": 1})
+        try:
+            document = orjson.loads(_read(path))
+            text = document["text"]
+            if not isinstance(text, str):
+                raise TypeError("text")
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            counts[LANE_DEAD_PREFIX + "documents"] += 1
+            yield _dead("documents", name, 0, "malformed_document: not the ingest PDF lane's JSON (text missing)")
+            yield dict(counts)
+            return
+        mrn = document.get("patient_mrn") or ""
+        link = link_patient(self._key, mrn, crosswalk)
+        fhir_id = crosswalk.get(mrn) if mrn else None
+        identifiers = known.get(fhir_id) if fhir_id else None
+        redacted, redactions = Redactor(identifiers).redact(text)
+        counts[f"{LANE_COUNT_PREFIX}documents\tpatients_{'linked' if link.linked else 'unlinked'}"] += 1
+        for category, count in redactions.items():
+            counts[f"{LANE_COUNT_PREFIX}documents\tredacted_{category}"] += count
+        if identifiers is not None and Redactor(identifiers, frozenset()).redact(redacted)[1]:
+            counts[LANE_DEAD_PREFIX + "documents"] += 1
+            yield _dead("documents", name, 0, "residual_phi: a known identifier of the patient survived redaction")
+            yield dict(counts)
+            return
+        output = {
+            "document": hmac_hex(self._key, "Document/" + str(document.get("sha256", name))),
+            "patient": link.pseudonym,
+            "pages": document.get("pages"),
+            "ocr_pages": document.get("ocr_pages", []),
+            "text": redacted,
+            "redactions": dict(sorted(redactions.items())),
+        }
+        _write(FileSystems.join(self._output_dir, output["document"] + ".json"), orjson.dumps(output) + b"\n")
+        counts[LANE_OUT_PREFIX + "documents"] += 1
+        yield dict(counts)
+
+
 def _crosswalk(context: pipeline.LaneContext, lane: str) -> Any:
     return beam.pvalue.AsDict(context.patient_links | f"{lane}Crosswalk" >> beam.CombinePerKey(min))
 
@@ -156,5 +214,22 @@ def device_log_lane(context: pipeline.LaneContext) -> tuple[beam.PCollection, be
     return results.counts, results[pipeline.DEAD]
 
 
+def document_lane(context: pipeline.LaneContext) -> tuple[beam.PCollection, beam.PCollection]:
+    """Adds the document lane (extracted PDF text); returns (counts, dead letters)."""
+    files, output = _prepare(context, "documents")
+    texts = [path for path in files if path.endswith(".json")]
+    known = beam.pvalue.AsDict(context.known_identifiers)
+    results = (
+        context.pipeline
+        | "DocumentFiles" >> beam.Create(texts)
+        | "RedactDocuments"
+        >> beam.ParDo(DocumentFileFn(context.key, output), _crosswalk(context, "Documents"), known).with_outputs(
+            pipeline.DEAD, main="counts"
+        )
+    )
+    return results.counts, results[pipeline.DEAD]
+
+
 pipeline.LANES.setdefault("dicom", dicom_lane)
+pipeline.LANES.setdefault("documents", document_lane)
 pipeline.LANES.setdefault("device_logs", device_log_lane)
