@@ -113,6 +113,8 @@ class LaneContext:
         policy: The loaded policy (``policy.document["dicom"]`` / ``["device_logs"]``).
         patient_links: PCollection of ``(identifier value, original FHIR Patient id)``; use
             ``beam.pvalue.AsDict`` and ``components.deidentify.dicom.linkage.link_patient``.
+        known_identifiers: PCollection of ``(original FHIR Patient id, KnownIdentifiers)`` for
+            lanes that redact free text with the patient's own values (``documents``).
     """
 
     pipeline: beam.Pipeline
@@ -123,6 +125,7 @@ class LaneContext:
     key: bytes
     policy: Policy
     patient_links: beam.PCollection
+    known_identifiers: beam.PCollection
 
 
 LaneBuilder = Callable[[LaneContext], tuple[beam.PCollection, beam.PCollection]]
@@ -612,6 +615,7 @@ def run_deidentify(
                 key,
                 policy,
                 links,
+                known,
             )
             counts, dead_letters = LANES[lane](context)
             lane_stats.append(counts)
