@@ -460,7 +460,9 @@ def require_fhir(result: IntakeResult) -> None:
     fhir = result.lane_counts().get(FHIR_LANE, {"received": 0, "promoted": 0})
     if fhir["promoted"] == 0:
         set_aside = fhir["received"]
-        first = next((o for o in result.files if o.lane == FHIR_LANE and o.state != states.PROMOTED), None)
+        set_aside_states = (states.QUARANTINED, states.REJECTED)
+        first = next((o for o in result.files if o.lane == FHIR_LANE and o.state in set_aside_states), None)
+        first = first or next((o for o in result.files if o.state in set_aside_states), None)
         hint = f"; first: {first.reason}" if first is not None else ""
         raise UserError(
             f"no FHIR NDJSON file was promoted ({set_aside} FHIR files set aside{hint}); "

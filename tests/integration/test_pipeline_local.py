@@ -15,7 +15,7 @@ from clinflow import serve
 from clinflow.cli import main as clinflow_main
 from clinflow.ndjson import iter_resources
 from clinflow.prediction_task import FEATURE_NAMES
-from clinflow.synthetic import generate_fhir_bulk
+from clinflow.synthetic.drop import DropSizes, generate_clinical_drop
 
 pytestmark = pytest.mark.integration
 STAGES = ["ingest", "deidentify", "validate", "features", "train", "evaluate", "deploy"]
@@ -115,7 +115,8 @@ def _run(source: Path, runs: Path, run_id: str, capsys) -> tuple[int, Path]:
 @pytest.fixture(scope="module")
 def generated_run(tmp_path_factory):
     source = tmp_path_factory.mktemp("generated")
-    generate_fhir_bulk(source, patients=400, seed=11)
+    # every lane: FHIR at the top level, DICOM, device logs and PDFs for the first patients
+    generate_clinical_drop(source, patients=400, seed=11, sizes=DropSizes(5, 40, 8))
     runs = tmp_path_factory.mktemp("runs")
     mp = pytest.MonkeyPatch()
     mp.setenv("CLINFLOW_HMAC_KEY", "integration-test-key-0123456789abcdef0123")
@@ -155,7 +156,12 @@ def test_counts_add_up_across_deidentification(generated_run):
     tasks = {t["name"]: t for t in record["tasks"]}
     ingest = tasks["ingest"]["outputs"]["metrics"]["metadata"]
     deid = tasks["deidentify"]["outputs"]["metrics"]["metadata"]
-    assert ingest["resources"] == deid["resources_in"] == deid["resources_out"] + deid["dead_letter"]
+    assert ingest["fhir_resources"] == deid["resources_in"] == deid["resources_out"] + deid["dead_letter"]
+    assert ingest["files_received"] == sum(
+        ingest[f"files_{state}"] for state in ("promoted", "quarantined", "rejected", "duplicate", "skipped")
+    )
+    for lane in ("fhir", "dicom", "device_logs", "pdf"):
+        assert ingest[f"{lane}_promoted"] > 0 and ingest[f"{lane}_received"] == ingest[f"{lane}_promoted"]
 
 
 def test_no_input_identifier_survives_after_ingest(generated_run):
@@ -229,13 +235,12 @@ def _cli(*args: str, env_key: bool = True) -> subprocess.CompletedProcess:
     "case, expected",
     [
         ("truncated-line", r"Patient.000.ndjson:3"),
-        ("not-json-file", r"notes.txt"),
+        ("no-fhir-file", r"no FHIR NDJSON file was promoted.*notes.txt"),
         ("empty-dir", r"no FHIR NDJSON|empty|no NDJSON"),
     ],
 )
 def test_bad_input_gives_one_clear_line(case, expected, tmp_path, synthetic_fhir_dir):
     import re
-    import shutil
 
     source = tmp_path / case
     source.mkdir()
@@ -243,8 +248,7 @@ def test_bad_input_gives_one_clear_line(case, expected, tmp_path, synthetic_fhir
         lines = (synthetic_fhir_dir / "Patient.000.ndjson").read_text().splitlines()
         lines[2] = lines[2][: len(lines[2]) // 2]
         (source / "Patient.000.ndjson").write_text("\n".join(lines[:5]) + "\n")
-    elif case == "not-json-file":
-        shutil.copy(synthetic_fhir_dir / "Patient.000.ndjson", source)
+    elif case == "no-fhir-file":
         (source / "notes.txt").write_text("this is not FHIR\n")
     result = _cli("run", "--source", str(source), "--runs-dir", str(tmp_path / "runs"), "--quiet")
     assert result.returncode == 2
