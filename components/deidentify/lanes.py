@@ -74,18 +74,37 @@ class DicomFileFn(beam.DoFn):
 
         self._policy = parse_dicom_policy(self._section, self._source)
 
+    def _residual(self, original: bytes, output: bytes) -> int:
+        """Counts identifying values of the input file found anywhere in its de-identified output."""
+        from io import BytesIO
+
+        import pydicom
+
+        from components.deidentify.dicom.deidentify import dicom_identifying_values, scan_dicom_output
+
+        dataset = pydicom.dcmread(BytesIO(original), stop_before_pixels=True, force=True)
+        return sum(scan_dicom_output(output, dicom_identifying_values(dataset, self._policy)).values())
+
     def process(self, path: str, crosswalk: Mapping[str, str]) -> Iterator[Any]:
-        """Yields counts (main output) and a dead letter when the file is not written."""
+        """Yields counts (main output) and a dead letter when the file is not written (fail closed)."""
         from components.deidentify.dicom.deidentify import deidentify_dicom
 
         name = os.path.basename(path)
-        result = deidentify_dicom(_read(path), self._key, self._policy, crosswalk)
+        data = _read(path)
+        result = deidentify_dicom(data, self._key, self._policy, crosswalk)
         counts: Counter[str] = Counter({LANE_IN_PREFIX + "dicom": 1})
         counts[f"{LANE_COUNT_PREFIX}dicom\t{result.outcome}"] += 1
         counts[f"{LANE_COUNT_PREFIX}dicom\tpatients_{result.patient_link}"] += 1
         for action, count in result.action_counts.items():
             counts[f"{LANE_COUNT_PREFIX}dicom\t{action}"] += count
         if result.outcome == "deidentified" and result.output is not None:
+            residual = self._residual(data, result.output)
+            if residual:
+                counts[LANE_DEAD_PREFIX + "dicom"] += 1
+                counts[f"{LANE_COUNT_PREFIX}dicom\tresidual_phi_files"] += 1
+                yield _dead("dicom", name, 0, f"residual_phi: {residual} identifying values of the input survived")
+                yield dict(counts)
+                return
             _write(FileSystems.join(self._output_dir, name), result.output)
             counts[LANE_OUT_PREFIX + "dicom"] += 1
         else:

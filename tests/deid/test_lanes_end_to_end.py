@@ -49,7 +49,19 @@ def test_every_lane_is_processed_and_balanced(run: dict[str, Path]) -> None:
     for lane in ("dicom", "device_logs", "documents"):
         assert lanes[lane]["balanced"] and lanes[lane]["in"] > 0, lane
     assert lanes["documents"]["out"] == lanes["documents"]["in"]
+    assert "residual_phi_files" not in lanes["dicom"]["counts"]
     assert lanes["device_logs"]["counts"]["patients_linked"] == lanes["device_logs"]["in"]
+
+
+def test_dicom_residual_check_fires_on_an_unchanged_file(run: dict[str, Path]) -> None:
+    from components.deidentify.lanes import DicomFileFn
+    from components.deidentify.policy import load_policy
+
+    policy = load_policy(None)
+    lane = DicomFileFn(b"k" * 32, policy.document["dicom"], policy.source, str(run["root"]))
+    lane.setup()
+    original = next((run["drop"] / "dicom").glob("*.dcm")).read_bytes()
+    assert lane._residual(original, original) > 0
 
 
 def test_dicom_dates_shift_by_the_fhir_patients_offset(run: dict[str, Path]) -> None:
