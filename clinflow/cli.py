@@ -132,7 +132,17 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Writes a synthetic FHIR Bulk export."""
+    """Writes a synthetic FHIR Bulk export, or a file drop with every ingest lane (``--lanes``)."""
+    if args.lanes:
+        from clinflow.synthetic.drop import generate_clinical_drop
+
+        written = generate_clinical_drop(Path(args.output), patients=args.patients, seed=args.seed)
+        print(
+            f"wrote {written['fhir_resources']:,} FHIR resources for {args.patients:,} patients, "
+            f"{written['dicom']} DICOM files, {written['device_logs']} device logs and "
+            f"{written['documents']} PDFs to {args.output}"
+        )
+        return 0
     from clinflow.synthetic import generate_fhir_bulk
 
     counts = generate_fhir_bulk(Path(args.output), patients=args.patients, seed=args.seed)
@@ -175,13 +185,16 @@ def _promotion_line(run_dir: Path) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generates data, runs the whole pipeline locally, serves the model and queries it."""
     from clinflow import serve
-    from clinflow.synthetic import generate_fhir_bulk
+    from clinflow.synthetic.drop import generate_clinical_drop
 
     runs_dir = Path(args.runs_dir)
-    data_dir = runs_dir / f"demo-data-{args.patients}-{args.seed}"
-    if not (data_dir / "Patient.000.ndjson").exists():
-        print(f"demo: generating {args.patients:,} synthetic patients into {data_dir}", flush=True)
-        generate_fhir_bulk(data_dir, patients=args.patients, seed=args.seed)
+    data_dir = runs_dir / f"demo-drop-{args.patients}-{args.seed}"
+    if not (data_dir / "documents").exists():
+        print(
+            f"demo: generating {args.patients:,} synthetic patients (FHIR, DICOM, device logs, PDFs) into {data_dir}",
+            flush=True,
+        )
+        generate_clinical_drop(data_dir, patients=args.patients, seed=args.seed)
     if not os.environ.get(HMAC_ENV_VAR):
         os.environ[HMAC_ENV_VAR] = secrets.token_hex(32)
         print(
@@ -236,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run the compiled pipeline locally (no Docker, no Kubernetes)")
-    p.add_argument("--source", help="FHIR Bulk NDJSON directory (sets the source_uri parameter)")
+    p.add_argument(
+        "--source",
+        help="file drop directory: FHIR Bulk NDJSON, optionally DICOM, device logs and PDFs (sets source_uri)",
+    )
     p.add_argument("--spec", default=str(_default_spec()), help="compiled pipeline YAML (default: %(default)s)")
     p.add_argument(
         "--param",
@@ -284,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--patients", type=int, default=1000, help="number of patients (default: %(default)s)")
     p.add_argument("--seed", type=int, default=42, help="random seed; same seed, same files (default: %(default)s)")
+    p.add_argument(
+        "--lanes",
+        action="store_true",
+        help="also write DICOM (some with burned-in text), device logs and PDFs (one scanned) for the first "
+        "patients, in dicom/, device_logs/ and documents/",
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="generate data, run the whole pipeline, serve the model, send a V2 request")
