@@ -20,6 +20,7 @@ survives (a document that still holds one goes to the dead letter: fail closed),
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -35,6 +36,22 @@ LANE_IN_PREFIX = "lane_in\t"
 LANE_OUT_PREFIX = "lane_out\t"
 LANE_DEAD_PREFIX = "lane_dead\t"
 LANE_COUNT_PREFIX = "lane_count\t"
+# Document headers and signatures name clinicians and facilities ("Dr. Jane Roe", "Springfield General
+# Hospital"); a facility name often carries the town, a geographic unit smaller than a state.
+CLINICIAN_NAME = re.compile(r"\b(?:Dr|Doctor|Prof)\.?\s+[A-Z][a-z'-]+(?:\s+[A-Z]\.)?(?:\s+[A-Z][a-z'-]+)?")
+FACILITY_NAME = re.compile(
+    r"\b(?:[A-Z][A-Za-z'-]+\s+){1,4}(?:Hospital|Medical Center|Health Center|Clinic|Infirmary)\b"
+)
+
+
+def redact_care_team(text: str) -> tuple[str, Counter[str]]:
+    """Replaces clinician names (``Dr. Given Family``) and facility names; counts each category."""
+    counts: Counter[str] = Counter()
+    for category, pattern in (("clinician", CLINICIAN_NAME), ("facility", FACILITY_NAME)):
+        text, replaced = pattern.subn(f"[{category.upper()}]", text)
+        if replaced:
+            counts[category] += replaced
+    return text, counts
 
 
 def _list(directory: str) -> list[str]:
@@ -170,7 +187,9 @@ class DocumentFileFn(beam.DoFn):
         link = link_patient(self._key, mrn, crosswalk)
         fhir_id = crosswalk.get(mrn) if mrn else None
         identifiers = known.get(fhir_id) if fhir_id else None
-        redacted, redactions = Redactor(identifiers).redact(text)
+        care_team_redacted, redactions = redact_care_team(text)
+        redacted, patient_redactions = Redactor(identifiers).redact(care_team_redacted)
+        redactions.update(patient_redactions)
         counts[f"{LANE_COUNT_PREFIX}documents\tpatients_{'linked' if link.linked else 'unlinked'}"] += 1
         for category, count in redactions.items():
             counts[f"{LANE_COUNT_PREFIX}documents\tredacted_{category}"] += count

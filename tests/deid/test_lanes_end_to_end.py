@@ -108,3 +108,12 @@ def test_document_text_keeps_no_identifier_of_its_patient(run: dict[str, Path]) 
         for point in patient.get("telecom", []):
             assert point["value"].lower() not in blob
     assert all(t["redactions"].get("name", 0) > 0 for t in texts)
+
+
+def test_clinicians_and_facilities_are_redacted_from_document_text() -> None:
+    from components.deidentify.lanes import redact_care_team
+
+    text, counts = redact_care_team("Springfield General Hospital\nAttending: Dr. Priya Natarajan. Dr. Smith agreed.")
+    assert text == "[FACILITY]\nAttending: [CLINICIAN]. [CLINICIAN] agreed."
+    assert counts == {"facility": 1, "clinician": 2}
+    assert redact_care_team("Hypertension, metformin 500 mg")[0] == "Hypertension, metformin 500 mg"
