@@ -401,6 +401,22 @@ def _mark_deidentified(ds: Dataset, policy: DicomPolicy, table: ProfileTable, pi
         ds.LongitudinalTemporalInformationModified = "REMOVED"
 
 
+_WORD_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
+
+
+def _contains_whole_word(text: str, needle: str) -> bool:
+    """True when ``needle`` occurs in ``text`` with no ASCII letter or digit glued to either side."""
+    if not needle:
+        return False
+    start = text.find(needle)
+    while start != -1:
+        end = start + len(needle)
+        if (start == 0 or text[start - 1] not in _WORD_CHARS) and (end == len(text) or text[end] not in _WORD_CHARS):
+            return True
+        start = text.find(needle, start + 1)
+    return False
+
+
 def _scrub_words(ds: Dataset, policy: DicomPolicy, table: ProfileTable) -> frozenset[str]:
     words: set[str] = set()
     for category, value in dicom_identifying_values(ds, policy, table):
@@ -694,11 +710,8 @@ def dicom_identifying_values(
     walk(ds)
     # A value equal to one the profile keeps in a public attribute (a body part, a coding scheme) is not PHI.
     kept_text = "\n".join(kept_values)
-    return [
-        (category, value)
-        for category, value in found
-        if not re.search(r"(?<![0-9a-z])" + re.escape(value.casefold()) + r"(?![0-9a-z])", kept_text)
-    ]
+    kept_folded = kept_text.casefold()
+    return [(category, value) for category, value in found if not _contains_whole_word(kept_folded, value.casefold())]
 
 
 def _output_strings(ds: Dataset) -> Iterable[tuple[str, str]]:
