@@ -35,6 +35,12 @@ CATEGORIES = frozenset(
     {"name", "identifier", "mrn", "ssn", "phone", "email", "url", "ip", "date", "address", "zip", "age"}
 )
 MIN_KNOWN_CHARS = 2  # shorter known values (initials) would redact ordinary letters
+# A known-value alternation with more alternatives than this (the providers of a whole export) is
+# skipped for a text in which no alternative's anchor occurs (see ``Redactor._known_pattern``).
+GATED_ALTERNATIVES = 128
+_FIRST_RUN_RE = re.compile(r"[^\W_]+")
+RUN, PREFIX, PHONE = "run", "prefix", "phone"  # how an alternative's anchor must occur in a text
+_ASCII_RUN_RE = re.compile(r"[a-z0-9]+")
 
 _MONTHS = (
     "January",
@@ -229,39 +235,67 @@ def date_renderings(iso: str) -> list[str]:
     ]
 
 
-def _known_alternatives(known: KnownIdentifiers) -> tuple[list[tuple[int, str]], dict[str, str]]:
-    """Builds (sort length, regex) alternatives and a normalised-match -> category lookup."""
-    alternatives: list[tuple[int, str]] = []
+def _ascii_runs(value: str) -> list[str]:
+    """The lower-cased ASCII letter/digit runs of a value, in order (runs with other letters left out)."""
+    return [run.lower() for run in _FIRST_RUN_RE.findall(value) if run.isascii()]
+
+
+def _run_anchor(value: str) -> tuple[str | None, str]:
+    """The longest letter/digit run of a literal value (words pattern, e-mail): a whole run of any match."""
+    runs = _ascii_runs(value)
+    return (max(runs, key=len), RUN) if runs else (None, RUN)
+
+
+def _prefix_anchor(value: str) -> tuple[str | None, str]:
+    """The first letter/digit run of a token or date pattern: every match starts a run with it."""
+    match = _FIRST_RUN_RE.search(value)
+    if match is None or not match.group(0).isascii():
+        return None, PREFIX
+    return match.group(0).lower(), PREFIX
+
+
+def _known_alternatives(
+    known: KnownIdentifiers,
+) -> tuple[list[tuple[int, str, tuple[str | None, str]]], dict[str, str]]:
+    """Builds (sort length, regex, anchor) alternatives and a normalised-match -> category lookup.
+
+    The anchor ``(text, mode)`` is a necessary condition of a match in an ASCII text (``Redactor``
+    skips the known values of a text that meets none): ``run``: a lower-cased letter/digit run of
+    the text equals it; ``prefix``: a run starts with it; ``phone``: a run starts with it, or with
+    ``1`` and then it (a country code); a None text means no such condition.
+    """
+    alternatives: list[tuple[int, str, tuple[str | None, str]]] = []
     categories: dict[str, str] = {}
 
-    def add(pattern: str, length: int, keys: Iterable[str], category: str) -> None:
-        alternatives.append((length, pattern))
+    def add(pattern: str, length: int, keys: Iterable[str], category: str, anchor: tuple[str | None, str]) -> None:
+        alternatives.append((length, pattern, anchor))
         for key in keys:
             categories.setdefault(key, category)
 
     for name in known.names:
         if len(_key(name)) >= MIN_KNOWN_CHARS:
-            add(_words_pattern(name), len(name), [_key(name)], "name")
+            add(_words_pattern(name), len(name), [_key(name)], "name", _run_anchor(name))
     for address in known.addresses:
         if len(_key(address)) >= MIN_KNOWN_CHARS:
             category = "zip" if re.fullmatch(r"\d{5}(?:-\d{4})?", address) else "address"
-            add(_words_pattern(address), len(address), [_key(address)], category)
+            add(_words_pattern(address), len(address), [_key(address)], category, _run_anchor(address))
     for value in known.telecom:
         digits = _phone_digits(value)
         if "@" in value:
-            add(re.escape(value), len(value), [_key(value)], "email")
+            add(re.escape(value), len(value), [_key(value)], "email", _run_anchor(value))
         elif len(digits) == 10:
-            add(_phone_pattern(digits), len(value), [digits, "1" + digits], "phone")
-            add(rf"{digits[3:6]}[\s.\-]?{digits[6:]}", 8, [digits[3:]], "phone")  # local 7-digit form
+            add(_phone_pattern(digits), len(value), [digits, "1" + digits], "phone", (digits[:3], PHONE))
+            local = rf"{digits[3:6]}[\s.\-]?{digits[6:]}"  # local 7-digit form
+            add(local, 8, [digits[3:]], "phone", (digits[3:6], PREFIX))
         elif len(_key(value)) >= MIN_KNOWN_CHARS:
-            add(_token_pattern(value), len(value), [_key(value)], "phone")
+            add(_token_pattern(value), len(value), [_key(value)], "phone", _prefix_anchor(value))
     for value in known.identifiers:
         if len(_key(value)) >= MIN_KNOWN_CHARS:
-            add(_token_pattern(value), len(value), [_key(value)], "identifier")
+            add(_token_pattern(value), len(value), [_key(value)], "identifier", _prefix_anchor(value))
     for iso in known.dates:
         for rendering in date_renderings(iso):
             pattern = r"\s*".join(re.escape(part) for part in rendering.split())
-            add(pattern, len(rendering), [_key(rendering)], "date")
+            add(pattern, len(rendering), [_key(rendering)], "date", _prefix_anchor(rendering))
     return alternatives, categories
 
 
@@ -525,11 +559,55 @@ class Redactor:
         self._late = tuple(rule for rule in self._rules if rule.category not in {"email", "url"})
         self._known: re.Pattern[str] | None = None
         self._known_categories: dict[str, str] = {}
+        self._gated = False
+        self._run_anchors: frozenset[str] = frozenset()
+        self._prefix_anchors: frozenset[str] = frozenset()
+        self._phone_anchors: frozenset[str] = frozenset()
+        self._prefix_lengths: tuple[int, ...] = ()
         if known is not None:
             alternatives, self._known_categories = _known_alternatives(known)
             if alternatives:
-                ordered = dict.fromkeys(pattern for _, pattern in sorted(alternatives, key=lambda item: -item[0]))
+                ordered = dict.fromkeys(pattern for _, pattern, _ in sorted(alternatives, key=lambda item: -item[0]))
                 self._known = re.compile(r"(?<!\w)(?:" + "|".join(ordered) + r")(?!\w)", re.IGNORECASE)
+                anchors = [anchor for _, _, anchor in alternatives]
+                if len(ordered) > GATED_ALTERNATIVES and all(text is not None for text, _ in anchors):
+                    self._index_anchors(anchors)
+
+    def _index_anchors(self, anchors: list[tuple[str | None, str]]) -> None:
+        """Indexes the alternatives' anchors, so a text none of them can match skips the alternation."""
+        by_mode: dict[str, set[str]] = {RUN: set(), PREFIX: set(), PHONE: set()}
+        for text, mode in anchors:
+            if text is not None:
+                by_mode[mode].add(text)
+                if mode == PHONE:
+                    by_mode[PREFIX].add(text)
+        self._run_anchors = frozenset(by_mode[RUN])
+        self._prefix_anchors = frozenset(by_mode[PREFIX])
+        self._phone_anchors = frozenset(by_mode[PHONE])
+        self._prefix_lengths = tuple(sorted({len(text) for text in by_mode[PREFIX]}))
+        self._gated = True
+
+    def _known_pattern(self, text: str) -> re.Pattern[str] | None:
+        """The known-value alternation, or None when no alternative can match ``text``.
+
+        Only for a large alternation (the providers of an export) and an ASCII text: the
+        alternation is skipped when no anchor of any alternative occurs in the text as its mode
+        requires (a necessary condition of a match, see ``_known_alternatives``); otherwise the
+        whole alternation runs, so the result is always the alternation's own.
+        """
+        if not self._gated or not text.isascii():
+            return self._known
+        runs = set(_ASCII_RUN_RE.findall(text.lower()))
+        if not self._run_anchors.isdisjoint(runs):
+            return self._known
+        prefixes, phones = self._prefix_anchors, self._phone_anchors
+        for run in runs:
+            for length in self._prefix_lengths:
+                if length > len(run):
+                    break
+                if run[:length] in prefixes or (run[0] == "1" and run[1 : 1 + length] in phones):
+                    return self._known
+        return None
 
     def _known_category(self, match: re.Match[str]) -> str:
         key = _key(match.group(0))
@@ -552,14 +630,15 @@ class Redactor:
             return text, counts
         for rule in self._early:
             text = _substitute(rule, text, counts)
-        if self._known is not None:
+        known = self._known_pattern(text)
+        if known is not None:
 
             def replace(match: re.Match[str]) -> str:
                 category = self._known_category(match)
                 counts[category] += 1
                 return placeholder(category)
 
-            text = self._known.sub(replace, text)
+            text = known.sub(replace, text)
         for rule in self._late:
             text = _substitute(rule, text, counts)
         return text, counts

@@ -173,6 +173,11 @@ class DocumentFileFn(beam.DoFn):
 
         name = os.path.basename(path)
         counts: Counter[str] = Counter({LANE_IN_PREFIX + "documents": 1})
+        if not name.endswith(".json"):
+            counts[LANE_DEAD_PREFIX + "documents"] += 1
+            yield _dead("documents", name, 0, "unexpected_file: documents/ holds <sha256>.pdf and <sha256>.json only")
+            yield dict(counts)
+            return
         try:
             document = orjson.loads(_read(path))
             text = document["text"]
@@ -255,7 +260,9 @@ def device_log_lane(context: pipeline.LaneContext) -> tuple[beam.PCollection, be
 def document_lane(context: pipeline.LaneContext) -> tuple[beam.PCollection, beam.PCollection]:
     """Adds the document lane (extracted PDF text); returns (counts, dead letters)."""
     files, output = _prepare(context, "documents")
-    texts = [path for path in files if path.endswith(".json")]
+    # The PDFs stay behind by design (their pages may hold PHI in images or metadata); any other
+    # file is unexpected and goes to the dead letter rather than being skipped silently.
+    texts = [path for path in files if not path.endswith(".pdf")]
     known = beam.pvalue.AsDict(context.known_identifiers)
     results = (
         context.pipeline

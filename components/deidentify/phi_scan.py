@@ -275,7 +275,7 @@ class Bloom:
 
     def false_positive_rate(self) -> float:
         """The estimated false-positive rate at the current fill."""
-        filled = sum(bin(byte).count("1") for byte in self.array) / self.bits
+        filled = int.from_bytes(self.array, "little").bit_count() / self.bits
         return filled**self.hashes
 
 

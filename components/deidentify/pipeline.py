@@ -1,6 +1,8 @@
 """The Apache Beam pipelines of the deidentify stage.
 
-Pipeline 1 (de-identify), per input line ``(source, line number, bytes)``:
+Pipeline 1 (de-identify), per input line ``(source, line number, bytes)`` (lines travel in batches of
+``BATCH_LINES`` per element, and written resources leave as one newline-joined record per resource
+type and batch, which keeps the per-element runner overhead small):
 
 * parse with orjson; bad lines (not JSON, not an object, no valid ``resourceType``, a Patient
   without ``id``) go to the dead-letter output as ``{"source", "line", "reason"}`` (no PHI);
@@ -11,7 +13,8 @@ Pipeline 1 (de-identify), per input line ``(source, line number, bytes)``:
 * non-Patient resources are de-identified at once and written. Those holding free text with a
   patient wait for their patient's known identifiers: ``CoGroupByKey`` on the original patient id
   of the pending resources and of each Patient's ``KnownIdentifiers``, then the free-text redactor
-  (``components.deidentify.free_text``) runs with that patient's values;
+  (``components.deidentify.free_text``) runs with that patient's values. The first walk of such a
+  resource stops at its first free text; its dates count towards the end of data in the second walk;
 * Patients wait for one side input, the end of data (latest original date of any patient-linked
   resource), needed for the age cap; they also give the k-anonymity quasi-identifier counts and
   the patient crosswalk ``identifier value (MRN, ...) -> Patient id`` (``patient_links``) that other
@@ -31,7 +34,7 @@ Pipeline 1 (de-identify), per input line ``(source, line number, bytes)``:
 Pipeline 2 (residual-PHI scan) reads every input file again, collects every identifying value of
 every resource (``components.deidentify.phi_scan.resource_phi``) into a fixed-size Bloom filter
 (side input) and a keyed value set, reads every output line back from storage (and the dead
-letters), emits Bloom-positive token sequences as candidates and confirms them exactly with a
+letters, in batches of lines), emits Bloom-positive token sequences as candidates and confirms them exactly with a
 ``CoGroupByKey`` against the values.
 
 Memory (FnApiRunner/DirectRunner): the side inputs are the provider crosswalk, the Bloom filter
@@ -76,6 +79,7 @@ from components.deidentify.transform import (
 
 RESOURCE_TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 PROGRESS_EVERY = 20000
+BATCH_LINES = 1000  # input lines per element: one DoFn call de-identifies a batch (less per-element overhead)
 DEAD = "dead"
 PATIENTS = "patients"
 PENDING = "pending"
@@ -147,10 +151,11 @@ def _safe_message(message: str) -> str:
 
 
 class ReadNumberedLines(beam.DoFn):
-    """Reads one NDJSON file (plain or gzipped, any Beam filesystem) as numbered lines.
+    """Reads one NDJSON file (plain or gzipped, any Beam filesystem) as batches of numbered lines.
 
-    Emits ``(source path, line number, raw bytes)`` for each non-blank line; a truncated or
-    corrupt gzip stream ends with one dead-letter record for the unreadable rest.
+    Emits ``(source path, [(line number, raw bytes), ...])`` with up to ``BATCH_LINES`` non-blank
+    lines per element (in file order); a truncated or corrupt gzip stream ends with one
+    dead-letter record for the unreadable rest.
     """
 
     def __init__(self, count: bool = True) -> None:
@@ -161,18 +166,26 @@ class ReadNumberedLines(beam.DoFn):
         self._stats: Counter[str] = Counter()
 
     def process(self, path: str) -> Iterator[Any]:
-        """Yields the numbered lines of one file."""
+        """Yields the numbered lines of one file, in batches."""
         number = 0
         name = os.path.basename(path)
+        batch: list[tuple[int, bytes]] = []
         try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
                 stream = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
                 for number, line in enumerate(stream, start=1):
                     if line.strip():
-                        yield path, number, line
+                        batch.append((number, line))
+                        if len(batch) >= BATCH_LINES:
+                            yield path, batch
+                            batch = []
                     else:
                         self._stats[BLANK_LINES] += 1
+            if batch:
+                yield path, batch
         except (OSError, EOFError) as error:
+            if batch:
+                yield path, batch
             reason = f"file unreadable after this line ({type(error).__name__}: truncated or corrupt gzip?)"
             self._stats[IN_PREFIX + "<unreadable>"] += 1
             self._stats[FILE_IN_PREFIX + name] += 1
@@ -224,16 +237,19 @@ class CrosswalkFn(beam.DoFn):
         self._types = frozenset(types)
         self._prefilter = re.compile(rb'"resourceType"\s*:\s*"(' + b"|".join(t.encode() for t in types) + rb')"')
 
-    def process(self, element: tuple[str, int, bytes]) -> Iterator[Any]:
+    def process(self, element: tuple[str, list[tuple[int, bytes]]]) -> Iterator[Any]:
         """Parses only lines that may be a target resource."""
-        raw = element[2]
-        if not self._types or not self._prefilter.search(raw):
+        if not self._types:
             return
-        resource, _ = _parse(raw)
-        if resource is not None and resource["resourceType"] in self._types:
-            yield from crosswalk_entries(resource)
-            for value in provider_values(resource):
-                yield beam.pvalue.TaggedOutput(PROVIDERS, value)
+        search = self._prefilter.search
+        for _, raw in element[1]:
+            if not search(raw):
+                continue
+            resource, _ = _parse(raw)
+            if resource is not None and resource["resourceType"] in self._types:
+                yield from crosswalk_entries(resource)
+                for value in provider_values(resource):
+                    yield beam.pvalue.TaggedOutput(PROVIDERS, value)
 
 
 class ProviderRedactorCache:
@@ -271,49 +287,65 @@ class DeidentifyFn(beam.DoFn):
         self._seen = 0
 
     def process(
-        self, element: tuple[str, int, bytes], crosswalk: Mapping[str, str], providers: Sequence[tuple[str, str]]
+        self,
+        element: tuple[str, list[tuple[int, bytes]]],
+        crosswalk: Mapping[str, str],
+        providers: Sequence[tuple[str, str]],
     ) -> Iterator[Any]:
-        """De-identifies one resource line."""
-        path, number, raw = element
+        """De-identifies one batch of resource lines.
+
+        Written resources leave as ``(resource type, lines joined by newlines)``, one record per
+        type present in the batch (input order kept within a type).
+        """
+        path, batch = element
         name = os.path.basename(path)
-        self._seen += 1
-        if self._seen % PROGRESS_EVERY == 0:
+        stats = self._stats
+        provider_redactor = self._providers.get(providers)
+        written: dict[str, list[bytes]] = {}
+        before = self._seen
+        self._seen += len(batch)
+        if self._seen // PROGRESS_EVERY > before // PROGRESS_EVERY:
             print(f"deidentify: {self._seen:,} resources in this bundle so far", file=sys.stderr, flush=True)
-        self._stats[FILE_IN_PREFIX + name] += 1
-        resource, reason = _parse(raw)
-        if resource is None:
-            self._stats[IN_PREFIX + "<unparsed>"] += 1
-            self._stats[DEAD_PREFIX + reason.split(" (")[0]] += 1
-            self._stats[FILE_DEAD_PREFIX + name] += 1
-            yield beam.pvalue.TaggedOutput(DEAD, _dead(name, number, reason))
-            return
-        resource_type = resource["resourceType"]
-        self._stats[IN_PREFIX + resource_type] += 1
-        if resource_type == "Patient":
-            yield beam.pvalue.TaggedOutput(PATIENTS, (name, raw))
-            return
-        scratch: Counter[str] = Counter()
-        outcome = deidentify_resource(
-            resource,
-            self._key,
-            scratch,
-            self._rules,
-            self._policy,
-            defer_text=True,
-            crosswalk=crosswalk,
-            provider_redactor=self._providers.get(providers),
-        )
-        self._latest = max(self._latest, outcome.latest_day)
-        if outcome.needs_text:
-            self._stats[PENDING_TEXT] += 1
-            yield beam.pvalue.TaggedOutput(PENDING, (outcome.patient_id, (name, raw)))
-            return
-        self._stats.update(scratch)
-        self._stats[OUT_PREFIX + resource_type] += 1
-        self._stats[FILE_OUT_PREFIX + name] += 1
-        if self._reid and "id" in resource:
-            yield beam.pvalue.TaggedOutput(REID, _reid_line(resource_type, resource["id"], outcome.resource))
-        yield resource_type, orjson.dumps(outcome.resource)
+        stats[FILE_IN_PREFIX + name] += len(batch)
+        for number, raw in batch:
+            resource, reason = _parse(raw)
+            if resource is None:
+                stats[IN_PREFIX + "<unparsed>"] += 1
+                stats[DEAD_PREFIX + reason.split(" (")[0]] += 1
+                stats[FILE_DEAD_PREFIX + name] += 1
+                yield beam.pvalue.TaggedOutput(DEAD, _dead(name, number, reason))
+                continue
+            resource_type = resource["resourceType"]
+            stats[IN_PREFIX + resource_type] += 1
+            if resource_type == "Patient":
+                yield beam.pvalue.TaggedOutput(PATIENTS, (name, raw))
+                continue
+            scratch: Counter[str] = Counter()
+            outcome = deidentify_resource(
+                resource,
+                self._key,
+                scratch,
+                self._rules,
+                self._policy,
+                defer_text=True,
+                crosswalk=crosswalk,
+                provider_redactor=provider_redactor,
+            )
+            if outcome.needs_text:
+                # Its latest day comes from the second walk (RedactPendingFn), which sees every date.
+                stats[PENDING_TEXT] += 1
+                yield beam.pvalue.TaggedOutput(PENDING, (outcome.patient_id, (name, raw)))
+                continue
+            if outcome.latest_day > self._latest:
+                self._latest = outcome.latest_day
+            stats.update(scratch)
+            stats[OUT_PREFIX + resource_type] += 1
+            if self._reid and "id" in resource:
+                yield beam.pvalue.TaggedOutput(REID, _reid_line(resource_type, resource["id"], outcome.resource))
+            written.setdefault(resource_type, []).append(orjson.dumps(outcome.resource))
+        for resource_type, lines in written.items():
+            stats[FILE_OUT_PREFIX + name] += len(lines)
+            yield resource_type, b"\n".join(lines)
 
     def finish_bundle(self) -> Iterator[Any]:
         """Emits this bundle's counts and latest date."""
@@ -351,8 +383,9 @@ class RedactPendingFn(beam.DoFn):
         self._providers = ProviderRedactorCache()
 
     def start_bundle(self) -> None:
-        """Resets the per-bundle counts."""
+        """Resets the per-bundle counts and latest date."""
         self._stats: Counter[str] = Counter()
+        self._latest = ""
 
     def process(
         self,
@@ -383,6 +416,8 @@ class RedactPendingFn(beam.DoFn):
                 crosswalk=crosswalk,
                 provider_redactor=self._providers.get(providers),
             )
+            if outcome.latest_day > self._latest:
+                self._latest = outcome.latest_day
             resource_type = resource["resourceType"]
             self._stats[OUT_PREFIX + resource_type] += 1
             self._stats[FILE_OUT_PREFIX + name] += 1
@@ -391,8 +426,9 @@ class RedactPendingFn(beam.DoFn):
             yield resource_type, orjson.dumps(outcome.resource)
 
     def finish_bundle(self) -> Iterator[Any]:
-        """Emits this bundle's counts."""
+        """Emits this bundle's counts and latest date."""
         yield beam.pvalue.TaggedOutput(STATS, _emit_once(dict(self._stats)))
+        yield beam.pvalue.TaggedOutput(LATEST, _emit_once(self._latest))
 
 
 def quasi_identifiers(original: Mapping[str, Any], out: Mapping[str, Any], end_of_data: str, policy: Policy) -> str:
@@ -505,7 +541,7 @@ class SumCounts(beam.CombineFn):
 
 
 class NdjsonSink(fileio.FileSink):
-    """Writes ``(resource type, JSON bytes)`` records as NDJSON lines."""
+    """Writes ``(resource type, JSON lines joined by newlines)`` records as NDJSON lines."""
 
     def open(self, fh: Any) -> None:
         """Starts a file."""
@@ -592,17 +628,21 @@ def run_deidentify(
         parsed = lines.lines | "Deidentify" >> beam.ParDo(
             DeidentifyFn(key, policy, reid), crosswalk, providers
         ).with_outputs(DEAD, PATIENTS, PENDING, STATS, LATEST, REID, main="resources")
-        end_of_data = parsed[LATEST] | "EndOfData" >> beam.CombineGlobally(lambda days: max(days, default=""))
+        known = parsed[PATIENTS] | "KnownIdentifiers" >> beam.Map(known_identifiers)
+        joined = {PATIENTS: known, PENDING: parsed[PENDING]} | "JoinFreeText" >> beam.CoGroupByKey()
+        redacted = joined | "RedactFreeText" >> beam.ParDo(
+            RedactPendingFn(key, policy, reid), crosswalk, providers
+        ).with_outputs(STATS, REID, LATEST, main="resources")
+        end_of_data = (
+            (parsed[LATEST], redacted[LATEST])
+            | "AllLatest" >> beam.Flatten()
+            | "EndOfData" >> beam.CombineGlobally(lambda days: max(days, default=""))
+        )
         patients = parsed[PATIENTS] | "DeidentifyPatients" >> beam.ParDo(
             DeidentifyPatientFn(key, policy, reid),
             end_of_data=beam.pvalue.AsSingleton(end_of_data),
             providers=providers,
         ).with_outputs(STATS, REID, main="patients")
-        known = parsed[PATIENTS] | "KnownIdentifiers" >> beam.Map(known_identifiers)
-        joined = {PATIENTS: known, PENDING: parsed[PENDING]} | "JoinFreeText" >> beam.CoGroupByKey()
-        redacted = joined | "RedactFreeText" >> beam.ParDo(
-            RedactPendingFn(key, policy, reid), crosswalk, providers
-        ).with_outputs(STATS, REID, main="resources")
         links = parsed[PATIENTS] | "PatientLinks" >> beam.FlatMap(patient_links)
         lane_stats, lane_dead = [], []
         for lane in lanes:
@@ -658,21 +698,23 @@ class ExtractPhiFn(beam.DoFn):
         """Resets the per-bundle counts."""
         self._stats: Counter[str] = Counter()
 
-    def process(self, element: tuple[str, int, bytes]) -> Iterator[Any]:
-        """Extracts PHI values from one input line."""
-        try:
-            resource = orjson.loads(element[2])
-        except orjson.JSONDecodeError:
-            return
-        if not isinstance(resource, dict):
-            return
-        for category, value in phi_scan.resource_phi(resource):
-            parts = phi_scan.searchable(value, self._min)
-            if parts is None:
-                self._stats["skipped\t" + category] += 1
+    def process(self, element: tuple[str, list[tuple[int, bytes]]]) -> Iterator[Any]:
+        """Extracts PHI values from one batch of input lines."""
+        stats = self._stats
+        for _, raw in element[1]:
+            try:
+                resource = orjson.loads(raw)
+            except orjson.JSONDecodeError:
                 continue
-            self._stats["indexed\t" + category] += 1
-            yield phi_scan.seq_key(parts), category, parts
+            if not isinstance(resource, dict):
+                continue
+            for category, value in phi_scan.resource_phi(resource):
+                parts = phi_scan.searchable(value, self._min)
+                if parts is None:
+                    stats["skipped\t" + category] += 1
+                    continue
+                stats["indexed\t" + category] += 1
+                yield phi_scan.seq_key(parts), category, parts
 
     def finish_bundle(self) -> Iterator[Any]:
         """Emits this bundle's counts."""
@@ -715,14 +757,16 @@ class ScanFn(beam.DoFn):
         """Resets the per-bundle counts."""
         self._stats: Counter[str] = Counter()
 
-    def process(self, element: tuple[str, str], bloom: phi_scan.Bloom) -> Iterator[Any]:
-        """Scans one output line."""
-        file_name, line = element
+    def process(self, element: tuple[str, list[tuple[int, bytes]]], bloom: phi_scan.Bloom) -> Iterator[Any]:
+        """Scans one batch of output lines."""
+        file_name, batch = element
         kind = os.path.basename(file_name).split(".", 1)[0]
-        self._stats["lines\t" + kind] += 1
-        for key, flag, length in phi_scan.line_candidates(line, bloom):
-            self._stats["bloom_candidates"] += 1
-            yield key, (kind, flag, length)
+        self._stats["lines\t" + kind] += len(batch)
+        for _, raw in batch:
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            for key, flag, length in phi_scan.line_candidates(line, bloom):
+                self._stats["bloom_candidates"] += 1
+                yield key, (kind, flag, length)
 
     def finish_bundle(self) -> Iterator[Any]:
         """Emits this bundle's counts."""
@@ -768,13 +812,14 @@ def run_scan(
         )
         keyed_values = values.values | "KeyValues" >> beam.Map(lambda value: (value[0], value[1]))
         side = beam.pvalue.AsSingleton(bloom)
-        scans = [
-            pipeline
-            | f"Read{number}" >> beam.io.ReadFromTextWithFilename(pattern)
-            | f"Scan{number}" >> beam.ParDo(ScanFn(), side).with_outputs(STATS, main="candidates")
-            for number, pattern in enumerate(scanned_globs)
-        ]
-        candidates = [scan.candidates for scan in scans] | "AllCandidates" >> beam.Flatten()
+        scanned = sorted(
+            {metadata.path for match in FileSystems.match(list(scanned_globs)) for metadata in match.metadata_list}
+        )
+        scan = _read_lines(pipeline, "Output", scanned, count=False).lines | "ScanOutputs" >> beam.ParDo(
+            ScanFn(), side
+        ).with_outputs(STATS, main="candidates")
+        scans = [scan]
+        candidates = scan.candidates
         confirmed = (
             {"values": keyed_values, "candidates": candidates}
             | "ConfirmCandidates" >> beam.CoGroupByKey()

@@ -43,6 +43,12 @@ from components.deidentify.policy import FhirRules, Policy
 from components.deidentify.references import CONDITIONAL_RE, resource_patient_id, rewrite_reference
 
 REMOVED: Any = object()  # sentinel: drop this element
+
+
+class _DeferTextError(Exception):
+    """Raised at the first free text met while deferring: the walk stops (it is redone with a redactor)."""
+
+
 ZIP3_RE = re.compile(r"^\s*(\d{3})")
 SAFE_PATH_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 TEXT_CONTENT_RE = re.compile(r"^(text/|application/(json|xml|fhir\+json|fhir\+xml))", re.IGNORECASE)
@@ -188,8 +194,9 @@ def deidentify_resource(
         provider_redactor: Redacts provider values from free text after ``redactor``.
 
     Returns:
-        The outcome. When ``needs_text`` is set, the resource must be walked again with a redactor
-        (its counts are then discarded by the caller passing a scratch ``stats``).
+        The outcome. When ``needs_text`` is set, the walk stopped at the first free text (``resource``
+        is empty, ``latest_day`` only a lower bound): the resource must be walked again with a
+        redactor (its counts are then discarded by the caller passing a scratch ``stats``).
     """
     patient_id = resource_patient_id(resource)
     offset = date_offset_days(key, patient_id) if patient_id else None
@@ -204,7 +211,12 @@ def deidentify_resource(
         crosswalk=crosswalk,
         provider_redactor=provider_redactor,
     )
-    out = _walk_object(resource, ctx.resource_type, ctx, root="resource")
+    try:
+        out = _walk_object(resource, ctx.resource_type, ctx, root="resource")
+    except _DeferTextError:
+        # The walk stopped early: the caller walks the resource again with its patient's redactor
+        # (``latest_day`` is then only a lower bound; the second walk gives the full value).
+        return Outcome({}, ctx.latest_day, True, patient_id)
     _stamp(out, the_policy, ctx)
     return Outcome(out, ctx.latest_day, ctx.needs_text, patient_id)
 
@@ -365,7 +377,8 @@ def _value(key: str, value: Any, parent: dict[str, Any], path: str, ctx: WalkCon
 
 
 def _is_age(key: str, quantity: dict[str, Any]) -> bool:
-    if not isinstance(quantity.get("value"), (int, float)) or isinstance(quantity.get("value"), bool):
+    value = quantity.get("value")
+    if value is None or not isinstance(value, (int, float)) or isinstance(value, bool):
         return False
     if key.endswith("Age") or key == "age":
         return True
@@ -416,7 +429,7 @@ def _free_text(value: str, ctx: WalkContext) -> Any:
         return REMOVED
     if ctx.redactor is None and ctx.defer_text:
         ctx.needs_text = True
-        return REMOVED
+        raise _DeferTextError
     redactor = ctx.redactor if ctx.redactor is not None else patterns_only_redactor()
     redacted, counts = redactor.redact(value)
     if ctx.provider_redactor is not None:

@@ -353,8 +353,9 @@ def test_dead_letter_counts_add_up_per_file_and_lane_folders_are_tolerated(tmp_p
     assert "gribblewick" not in output_text(tmp_path / "run")
     lanes = report["lanes"]
     assert set(lanes) == {"dicom", "device_logs", "documents"} and report["resources"]["balanced"]
-    assert lanes["documents"]["status"].startswith("1 files, not processed")
+    assert lanes["documents"]["status"].startswith("1 files, processed")
     assert lanes["dicom"]["dead_letter"] == 1 and lanes["device_logs"]["dead_letter"] == 1
+    assert lanes["documents"]["dead_letter"] == 1 and lanes["documents"]["balanced"]
 
 
 def test_reidentification_map_only_when_the_policy_allows_it(tmp_path: Path) -> None:
