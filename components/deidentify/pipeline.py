@@ -267,8 +267,8 @@ class ProviderRedactorCache:
         return self._redactor
 
 
-class DeidentifyFn(beam.DoFn):
-    """Parses and de-identifies one line; routes Patients, pending free text and bad lines."""
+class _PolicyFn(beam.DoFn):
+    """A DoFn holding the key, the policy and its per-worker lookup tables."""
 
     def __init__(self, key: bytes, policy: Policy, reid: bool) -> None:
         self._key = key
@@ -279,6 +279,10 @@ class DeidentifyFn(beam.DoFn):
         """Builds the policy's lookup tables once per worker."""
         self._rules = rules_of(self._policy)
         self._providers = ProviderRedactorCache()
+
+
+class DeidentifyFn(_PolicyFn):
+    """Parses and de-identifies one line; routes Patients, pending free text and bad lines."""
 
     def start_bundle(self) -> None:
         """Resets the per-bundle counts."""
@@ -369,18 +373,8 @@ def patient_links(element: tuple[str, bytes]) -> Iterator[tuple[str, str]]:
             yield identifier["value"], str(patient["id"])
 
 
-class RedactPendingFn(beam.DoFn):
+class RedactPendingFn(_PolicyFn):
     """De-identifies the free-text resources of one patient with that patient's redactor."""
-
-    def __init__(self, key: bytes, policy: Policy, reid: bool) -> None:
-        self._key = key
-        self._policy = policy
-        self._reid = reid
-
-    def setup(self) -> None:
-        """Builds the policy's lookup tables once per worker."""
-        self._rules = rules_of(self._policy)
-        self._providers = ProviderRedactorCache()
 
     def start_bundle(self) -> None:
         """Resets the per-bundle counts and latest date."""
