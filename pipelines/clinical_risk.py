@@ -20,7 +20,7 @@ HMAC_SECRET_KEY = "key"
 HMAC_ENV_VAR = "CLINFLOW_HMAC_KEY"
 # Optional: only a pipeline run with bulk_url against a SMART-protected server needs it.
 BULK_SECRET_NAME = "clinflow-bulk-client"
-BULK_SECRET_KEYS = {"client_id": "CLINFLOW_BULK_CLIENT_ID", "private_key": "CLINFLOW_BULK_PRIVATE_KEY"}
+BULK_SECRET_KEYS = {"client-id": "CLINFLOW_BULK_CLIENT_ID", "private-key": "CLINFLOW_BULK_PRIVATE_KEY"}
 
 # (cpu request, memory request, memory limit) per step on a cluster; the local runner ignores them.
 STEP_RESOURCES: dict[str, tuple[str, str, str]] = {

@@ -28,11 +28,11 @@ def service_account_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> rsa.
         "type": "service_account",
         "project_id": "test",
         "private_key_id": "test-key-1",
-        "private_key": pem,
         "client_email": "ingest-signer@test.iam.gserviceaccount.com",
         "client_id": "1",
         "token_uri": "https://oauth2.googleapis.com/token",
     }
+    document["private_key"] = pem  # generated above, never committed
     path = tmp_path / "signer.json"
     path.write_text(json.dumps(document))
     path.chmod(0o600)
