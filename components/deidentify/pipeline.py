@@ -462,18 +462,8 @@ def _omb_code(patient: Mapping[str, Any], name: str) -> str:
     return "unknown"
 
 
-class DeidentifyPatientFn(beam.DoFn):
+class DeidentifyPatientFn(_PolicyFn):
     """De-identifies one Patient line once the end of data is known (side input)."""
-
-    def __init__(self, key: bytes, policy: Policy, reid: bool) -> None:
-        self._key = key
-        self._policy = policy
-        self._reid = reid
-
-    def setup(self) -> None:
-        """Builds the policy's lookup tables once per worker."""
-        self._rules = rules_of(self._policy)
-        self._providers = ProviderRedactorCache()
 
     def start_bundle(self) -> None:
         """Resets the per-bundle counts."""
