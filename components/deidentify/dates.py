@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from functools import lru_cache
 
 # FHIR R4 date / dateTime / instant (seconds optional so hand-written "T10:30" values still match).
 FULL_DATE_RE = re.compile(
@@ -47,6 +48,7 @@ def looks_like_date(value: str, key: str) -> bool:
     return bool(YEAR_RE.match(value)) and is_date_key(key)
 
 
+@lru_cache(maxsize=1 << 16)  # the resources of one visit repeat its timestamps
 def shift_date(value: str, days: int) -> str | None:
     """Shifts a FHIR date/dateTime/instant by whole days, keeping its precision and time part.
 

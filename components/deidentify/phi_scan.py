@@ -1,4 +1,4 @@
-"""Residual-PHI scan: find any identifying value of any input resource in the output bytes.
+r"""Residual-PHI scan: find any identifying value of any input resource in the output bytes.
 
 Values collected from **every** input resource (categories in ``PHI_CATEGORIES``): original
 resource ids and ``urn:uuid:`` reference targets, identifier values (SSN, MRN, NPI, claim ids,
@@ -14,13 +14,21 @@ single-token values shorter than ``min_token_chars`` and single all-digit tokens
 ``MIN_DIGIT_TOKEN_CHARS`` (a street number, a sequence number) are not searched and are counted
 as skipped. A single-word name or place found only inside kept coded vocabulary or redacted free
 text is counted as a vocabulary match, not a leak. Base64 attachment ``data`` is decoded and
-scanned as text too.
+scanned as text too. A JSON line is matched on its decoded text (JSON escapes such as ``\n``
+separate tokens, ``\u00e9`` is the letter); a line that is not JSON is matched as it is.
 
 Memory: the value set is summarised in a fixed-size Bloom filter (``Bloom``: first tokens and
 whole token sequences, size from the policy) that every scanning worker holds; each output line
 is tested against it, and only candidate sequences (Bloom positives) are confirmed exactly by a
 keyed join with the input values (``seq_key`` on both sides), so a Bloom false positive never
 counts as a hit.
+
+Speed: a line is tokenized as bytes (one ``bytes.translate`` lower-cases and separates, ``split``
+cuts); its distinct tokens are tested once against per-worker caches of first-token results
+(bounded by ``CACHE_LIMIT``), so a line with no first-token positive costs a few C-level passes
+and is never parsed. Only a line with a Bloom-positive token sequence (or an attachment) is parsed
+to tell vocabulary from strict occurrences. The extraction walks every container of every input
+resource (no subtree is skipped) iteratively, with C-level key-set tests per object.
 """
 
 from __future__ import annotations
@@ -28,11 +36,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import zlib
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -40,7 +47,7 @@ import orjson
 MIN_TOKEN_CHARS = 2
 MIN_DIGIT_TOKEN_CHARS = 5
 MAX_SEQUENCE_TOKENS = 12
-CACHE_LIMIT = 1 << 21  # distinct tokens remembered as Bloom-negative per worker before the cache is reset
+CACHE_LIMIT = 1 << 21  # tokens/sequences remembered per worker and kind before that cache is reset
 MAIDEN_NAME_URL = "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName"
 BIRTH_PLACE_URL = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace"
 URN_UUID = "urn:uuid:"
@@ -55,15 +62,39 @@ NAMED_ROOTS = frozenset({"Organization", "Location", "HealthcareService", "Group
 STRICT = "strict"
 VOCABULARY = "vocabulary"
 
+# Keys whose presence in an object makes the extraction look closer (everything else is only descended).
+_PHI_KEYS = frozenset(
+    {"identifier", "accessionIdentifier", "name", "telecom", "address", "udiCarrier", "url", "reference"}
+    | IDENTIFIER_LEAVES
+)
+# Without "urn:uuid:", "mothersMaidenName" and "patient-birthPlace" in the raw bytes (and no \\u escape)
+# no "reference" or "url" can yield a value, so only these keys need a closer look.
+_NAME_KEYS = _PHI_KEYS - {"url", "reference"}
+_VALUE_MARKERS = (b"urn:uuid:", b"mothersMaidenName", b"patient-birthPlace", b"\\u")
 
 # ASCII punctuation, controls and space become separators; UTF-8 bytes >= 0x80 stay token bytes,
 # so non-ASCII letters (é, ß, ...) belong to tokens. bytes.translate + split run at C speed.
 _SEPARATORS = bytes(b if chr(b).isalnum() or b >= 0x80 else 0x20 for b in range(256))
+# The same, also lower-casing ASCII letters (for ASCII text that is the case fold): one pass.
+_FOLD_SEPARATORS = bytes(
+    (b | 0x20 if 0x41 <= b <= 0x5A else b) if chr(b).isalnum() or b >= 0x80 else 0x20 for b in range(256)
+)
+_JSON_ESCAPE = re.compile(rb"\\.", re.DOTALL)  # left to right, so an escaped backslash is one escape
+_GAP = b'"\\u0000"'  # a removed vocabulary string in the re-serialised line (orjson escapes NUL so)
+_CONTENT_TYPE = b"contentType"
+_DATA = re.compile(rb'"data"\s*:\s*"([^"\\]*)"')  # attachment data (lines without escapes only)
 
 
 def tokens(text: str) -> list[str]:
     """Splits text into case-folded runs of letters and digits (ASCII punctuation separates)."""
     return text.casefold().encode("utf-8").translate(_SEPARATORS).decode("utf-8").split()
+
+
+def _fold(data: bytes) -> bytes:
+    """Case-folded UTF-8 bytes with separators as spaces (ASCII fast path; invalid UTF-8 replaced)."""
+    if data.isascii():
+        return data.translate(_FOLD_SEPARATORS)
+    return data.decode("utf-8", errors="replace").casefold().encode("utf-8").translate(_SEPARATORS)
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -107,45 +138,68 @@ def _identifier_values(identifiers: Any) -> Iterator[str]:
             yield from _strings(identifier.get("value"))
 
 
-def _walk_phi(value: Any, key: str) -> Iterator[tuple[str, str]]:
-    """Yields PHI values found anywhere below one element (any resource type)."""
-    if isinstance(value, list):
-        for item in value:
-            yield from _walk_phi(item, key)
-        return
+def _leaf_strings(value: Any) -> Iterator[str]:
+    """Strings of a leaf value, through nested lists (objects inside are walked separately)."""
     if isinstance(value, str):
-        if key == "reference" and value.startswith(URN_UUID):
-            yield "ids", value[len(URN_UUID) :]
-        elif key in IDENTIFIER_LEAVES:
-            yield "identifiers", value
-        return
-    if not isinstance(value, dict):
-        return
-    url = value.get("url")
-    if url == MAIDEN_NAME_URL:
-        yield from (("maiden_names", v) for v in _strings(value.get("valueString")))
-    elif url == BIRTH_PLACE_URL:
-        yield from (("addresses", v) for v in _addresses(value.get("valueAddress")))
-    for child_key, child in value.items():
-        if child_key == "identifier" or child_key == "accessionIdentifier":
-            yield from (("identifiers", v) for v in _identifier_values(child))
-        elif child_key == "name" and isinstance(child, (dict, list)):
-            yield from (("names", v) for v in _names(child))
-        elif child_key == "telecom":
-            yield from (("telecom", v) for v in _telecom(child))
-        elif child_key == "address":
-            yield from (("addresses", v) for v in _addresses(child))
-        elif child_key == "udiCarrier":
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _leaf_strings(item)
+
+
+def _object_phi(value: dict[str, Any], keys: frozenset[str], out: list[tuple[str, str]]) -> None:
+    """Appends the PHI values held directly by one object (``keys``: its keys in ``_PHI_KEYS``)."""
+    if "url" in keys:
+        url = value["url"]
+        if url == MAIDEN_NAME_URL:
+            out.extend(("maiden_names", v) for v in _strings(value.get("valueString")))
+        elif url == BIRTH_PLACE_URL:
+            out.extend(("addresses", v) for v in _addresses(value.get("valueAddress")))
+    for key in keys:
+        child = value[key]
+        if key == "identifier" or key == "accessionIdentifier":
+            out.extend(("identifiers", v) for v in _identifier_values(child))
+        elif key == "name":
+            if isinstance(child, (dict, list)):
+                out.extend(("names", v) for v in _names(child))
+        elif key == "telecom":
+            out.extend(("telecom", v) for v in _telecom(child))
+        elif key == "address":
+            out.extend(("addresses", v) for v in _addresses(child))
+        elif key == "udiCarrier":
             for carrier in child if isinstance(child, list) else [child]:
                 if isinstance(carrier, dict):
                     for part in ("deviceIdentifier", "carrierHRF"):
-                        yield from (("identifiers", v) for v in _strings(carrier.get(part)))
-        if isinstance(child, (dict, list)) or child_key in ("reference", *IDENTIFIER_LEAVES):
-            yield from _walk_phi(child, child_key)
+                        out.extend(("identifiers", v) for v in _strings(carrier.get(part)))
+        if key == "reference":
+            out.extend(("ids", v[len(URN_UUID) :]) for v in _leaf_strings(child) if v.startswith(URN_UUID))
+        elif key in IDENTIFIER_LEAVES:
+            out.extend(("identifiers", v) for v in _leaf_strings(child))
+
+
+def _walk_values(value: dict[str, Any], out: list[tuple[str, str]], phi_keys: frozenset[str] = _PHI_KEYS) -> None:
+    """Appends the PHI values of ``value`` and of every object below it (every container is visited)."""
+    if not phi_keys.isdisjoint(value):
+        _object_phi(value, phi_keys.intersection(value), out)
+    for child in value.values():
+        if isinstance(child, dict):
+            _walk_values(child, out, phi_keys)
+        elif isinstance(child, list):
+            _walk_items(child, out, phi_keys)
+
+
+def _walk_items(items: list[Any], out: list[tuple[str, str]], phi_keys: frozenset[str]) -> None:
+    for item in items:
+        if isinstance(item, dict):
+            _walk_values(item, out, phi_keys)
+        elif isinstance(item, list):
+            _walk_items(item, out, phi_keys)
 
 
 def resource_phi(resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """Yields ``(category, value)`` for every identifying value of one input resource.
+
+    Every object at any depth is visited; the order of the values is not significant.
 
     Args:
         resource: The original (not de-identified) resource.
@@ -153,11 +207,27 @@ def resource_phi(resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
     Yields:
         Category (one of ``PHI_CATEGORIES``) and the raw value.
     """
-    yield from (("ids", value) for value in _strings(resource.get("id")))
+    return iter(resource_phi_list(resource))
+
+
+def resource_phi_list(resource: dict[str, Any], raw: bytes | None = None) -> list[tuple[str, str]]:
+    r"""``resource_phi`` as a list (no generator frames: the extraction's hot path).
+
+    Args:
+        resource: The original resource.
+        raw: The line ``resource`` was parsed from, if known: when it holds none of the value
+            markers (``urn:uuid:``, the maiden-name and birth-place URLs, a ``\u`` escape) the
+            ``reference`` and ``url`` keys are not inspected (they cannot yield a value then).
+    """
+    out: list[tuple[str, str]] = [("ids", value) for value in _strings(resource.get("id"))]
     if resource.get("resourceType") in NAMED_ROOTS:
-        yield from (("names", value) for value in _strings(resource.get("name")))
-        yield from (("names", value) for value in _strings(resource.get("alias")))
-    yield from _walk_phi(resource, "")
+        out.extend(("names", value) for value in _strings(resource.get("name")))
+        out.extend(("names", value) for value in _strings(resource.get("alias")))
+    if raw is not None and not any(marker in raw for marker in _VALUE_MARKERS):
+        _walk_values(resource, out, _NAME_KEYS)
+    else:
+        _walk_values(resource, out)
+    return out
 
 
 def patient_phi(patient: dict[str, Any]) -> Iterator[tuple[str, str]]:
@@ -167,14 +237,15 @@ def patient_phi(patient: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 def searchable(value: str, min_token_chars: int = MIN_TOKEN_CHARS) -> tuple[str, ...] | None:
     """Returns the token sequence to search for, or None when the value is too short to search."""
-    parts = tuple(tokens(value))
+    data = value.encode("utf-8")
+    folded = data.translate(_FOLD_SEPARATORS).decode("ascii") if data.isascii() else " ".join(tokens(value))
+    parts = tuple(folded.split())
     if not parts:
         return None
-    single = parts[0] if len(parts) == 1 else None
-    if single is not None and (
-        len(single) < min_token_chars or (single.isdigit() and len(single) < MIN_DIGIT_TOKEN_CHARS)
-    ):
-        return None
+    if len(parts) == 1:
+        single = parts[0]
+        if len(single) < min_token_chars or (single.isdigit() and len(single) < MIN_DIGIT_TOKEN_CHARS):
+            return None
     return parts[:MAX_SEQUENCE_TOKENS]
 
 
@@ -183,13 +254,39 @@ def seq_key(parts: Iterable[str]) -> str:
     return hashlib.blake2b("\x1f".join(parts).encode("utf-8"), digest_size=16).hexdigest()
 
 
-@lru_cache(maxsize=1 << 16)
-def _positions(item: str, bits: int, hashes: int) -> tuple[int, ...]:
-    """Bit positions of an item: double hashing over CRC-32 and Adler-32 (stable across processes)."""
-    data = item.encode("utf-8")
-    first = zlib.crc32(data) | (zlib.crc32(data[::-1]) << 32)
-    second = (zlib.adler32(data) << 1) | 1
-    return tuple((first + n * second) % bits for n in range(hashes))
+def _bytes_key(parts: tuple[bytes, ...]) -> str:
+    """``seq_key`` of a token sequence held as UTF-8 bytes."""
+    return hashlib.blake2b(b"\x1f".join(parts), digest_size=16).hexdigest()
+
+
+def extract_entries(
+    resource: dict[str, Any], min_token_chars: int = MIN_TOKEN_CHARS, raw: bytes | None = None
+) -> tuple[list[tuple[str, str, tuple[str, ...]]], list[str]]:
+    """All searchable values of one input resource, keyed, plus the categories of the skipped ones.
+
+    The same as ``resource_phi`` + ``searchable`` + ``seq_key`` per value, in one call. Pass the
+    line the resource was parsed from as ``raw`` (see ``resource_phi_list``).
+
+    Returns:
+        ``[(seq_key, category, tokens)]`` and ``[category of each value too short to search]``.
+    """
+    entries: list[tuple[str, str, tuple[str, ...]]] = []
+    skipped: list[str] = []
+    for category, value in resource_phi_list(resource, raw):
+        parts = searchable(value, min_token_chars)
+        if parts is None:
+            skipped.append(category)
+        else:
+            entries.append((seq_key(parts), category, parts))
+    return entries, skipped
+
+
+def _positions(item: bytes, bits: int, hashes: int) -> list[int]:
+    """Bit positions of an item: double hashing over one 128-bit blake2b (stable across processes)."""
+    digest = int.from_bytes(hashlib.blake2b(item, digest_size=16).digest(), "little")
+    first = digest & 0xFFFFFFFFFFFFFFFF
+    second = (digest >> 64) | 1
+    return [(first + n * second) % bits for n in range(hashes)]
 
 
 @dataclass
@@ -211,29 +308,41 @@ class Bloom:
     lengths: set[int]
     first_lengths: set[int]
     items: int = 0
-    _negative: set[str] = field(default_factory=set, repr=False, compare=False)
-    _positive: set[str] = field(default_factory=set, repr=False, compare=False)
+    _negative: set[bytes] = field(default_factory=set, repr=False, compare=False)
+    _positive: dict[bytes, list[int]] = field(default_factory=dict, repr=False, compare=False)
+    _sequences: dict[bytes, bool] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def empty(cls, bits: int, hashes: int) -> Bloom:
         """A filter with no items."""
         return cls(bits, hashes, bytearray((bits + 7) // 8), set(), set())
 
-    def _add(self, item: str) -> None:
-        for position in _positions(item, self.bits, self.hashes):
-            self.array[position >> 3] |= 1 << (position & 7)
+    def _forget(self) -> None:
+        """Drops the per-worker caches (the filter changed)."""
+        if self._negative or self._positive or self._sequences:
+            self._negative = set()
+            self._positive = {}
+            self._sequences = {}
 
-    def _has(self, item: str) -> bool:
+    def _add(self, item: bytes) -> None:
+        array = self.array
+        for position in _positions(item, self.bits, self.hashes):
+            array[position >> 3] |= 1 << (position & 7)
+
+    def _has(self, item: bytes) -> bool:
         array = self.array
         return all(array[p >> 3] & (1 << (p & 7)) for p in _positions(item, self.bits, self.hashes))
 
     def add_sequence(self, parts: tuple[str, ...]) -> None:
         """Adds one value's token sequence."""
-        self._add("f:" + parts[0])
-        self._add("s:" + "\x1f".join(parts))
+        encoded = [part.encode("utf-8") for part in parts]
+        self._add(b"f:" + encoded[0])
+        self._add(b"s:" + b"\x1f".join(encoded))
+        self._add(b"l%d:" % len(encoded) + encoded[0])
         self.lengths.add(len(parts))
-        self.first_lengths.add(len(parts[0]))
+        self.first_lengths.add(len(encoded[0]))
         self.items += 1
+        self._forget()
 
     def merge(self, other: Bloom) -> None:
         """ORs another filter of the same size into this one."""
@@ -242,36 +351,78 @@ class Bloom:
         self.lengths |= other.lengths
         self.first_lengths |= other.first_lengths
         self.items += other.items
+        self._forget()
+
+    def _starts(self, unique: set[bytes]) -> set[bytes]:
+        """The tokens of ``unique`` that are Bloom-positive first tokens (cached per worker).
+
+        A token is positive when its ``f:`` item is, and some ``l<length>:`` item (a sequence of
+        that many tokens starts with it) is; the lengths are remembered for ``_sequences_at``.
+        """
+        positive = self._positive
+        new = unique.difference(self._negative, positive)
+        if new:
+            first_lengths = self.first_lengths
+            if len(self._negative) > CACHE_LIMIT:
+                self._negative = set()
+            if len(positive) > CACHE_LIMIT:
+                positive.clear()
+            negative = self._negative
+            for token in new:
+                lengths = []
+                if len(token) in first_lengths and self._has(b"f:" + token):
+                    lengths = [n for n in sorted(self.lengths) if self._has(b"l%d:" % n + token)]
+                if lengths:
+                    positive[token] = lengths
+                else:
+                    negative.add(token)
+        return unique.intersection(positive)
+
+    def _has_sequence(self, joined: bytes) -> bool:
+        known = self._sequences.get(joined)
+        if known is None:
+            known = self._has(b"s:" + joined)
+            if len(self._sequences) > CACHE_LIMIT:
+                self._sequences = {}
+            self._sequences[joined] = known
+        return known
+
+    def _sequences_at(self, line: list[bytes], starts: set[bytes]) -> list[tuple[bytes, ...]]:
+        """Bloom-positive sequences of a token list, by position then length."""
+        positions: list[int] = []
+        for token in starts:
+            index = -1
+            try:
+                while True:
+                    index = line.index(token, index + 1)
+                    positions.append(index)
+            except ValueError:
+                pass
+        positions.sort()
+        size = len(line)
+        found: list[tuple[bytes, ...]] = []
+        for position in positions:
+            for length in self._positive.get(line[position], sorted(self.lengths)):
+                if position + length > size:
+                    break
+                parts = line[position : position + length]
+                if self._has_sequence(b"\x1f".join(parts)):
+                    found.append(tuple(parts))
+        return found
+
+    def token_candidates(self, line: list[bytes]) -> list[tuple[bytes, ...]]:
+        """Bloom-positive sequences of an already tokenized (case-folded, UTF-8) line."""
+        starts = self._starts(set(line))
+        return self._sequences_at(line, starts) if starts else []
 
     def candidates(self, text: str) -> Iterator[tuple[str, ...]]:
         """Yields token sequences of ``text`` that may be indexed values (Bloom positives).
 
-        Fast path: distinct tokens are filtered by the first-token lengths present (C-speed set
-        and length checks skip, e.g., every 64-hex pseudonym), then by the first-token Bloom bits.
+        Distinct tokens are filtered by the first-token lengths present and by the first-token
+        Bloom bits (results cached per worker), then sequences starting at positive tokens.
         """
-        line = tokens(text)
-        unique = set(line)
-        new = unique - self._negative - self._positive
-        if new:
-            first_lengths = self.first_lengths
-            found = {token for token in new if len(token) in first_lengths and self._has("f:" + token)}
-            if len(self._negative) > CACHE_LIMIT:
-                self._negative.clear()
-            self._negative |= new - found
-            self._positive |= found
-        starts = unique & self._positive
-        if not starts:
-            return
-        lengths = sorted(self.lengths)
-        for position, token in enumerate(line):
-            if token not in starts:
-                continue
-            for length in lengths:
-                if position + length > len(line):
-                    break
-                parts = tuple(line[position : position + length])
-                if self._has("s:" + "\x1f".join(parts)):
-                    yield parts
+        for parts in self.token_candidates(_fold(text.encode("utf-8")).split()):
+            yield tuple(part.decode("utf-8") for part in parts)
 
     def false_positive_rate(self) -> float:
         """The estimated false-positive rate at the current fill."""
@@ -279,22 +430,22 @@ class Bloom:
         return filled**self.hashes
 
 
-def _blank_vocabulary(value: Any, kept: list[str], key: str = "") -> Any:
-    """Copies a JSON value with vocabulary/free-text strings replaced by ``""`` (collected in ``kept``)."""
+def _blank_vocabulary(value: Any, kept: list[str], key: str = "", blank: str = "") -> Any:
+    """Copies a JSON value with vocabulary/free-text strings replaced by ``blank`` (collected in ``kept``)."""
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
             if k == "data" and isinstance(v, str) and "contentType" in value:
                 kept.append(_decoded(v))
-                out[k] = ""
+                out[k] = blank
             else:
-                out[k] = _blank_vocabulary(v, kept, k)
+                out[k] = _blank_vocabulary(v, kept, k, blank)
         return out
     if isinstance(value, list):
-        return [_blank_vocabulary(v, kept, key) for v in value]
+        return [_blank_vocabulary(v, kept, key, blank) for v in value]
     if isinstance(value, str) and key in VOCABULARY_KEYS:
         kept.append(value)
-        return ""
+        return blank
     return value
 
 
@@ -311,23 +462,58 @@ def line_candidates(line: str, bloom: Bloom) -> Iterator[tuple[str, str, int]]:
     ``flag`` is ``"vocabulary"`` for sequences found only inside kept vocabulary, free text or a
     decoded attachment (single-word names/places there are exempt), ``"strict"`` otherwise.
     """
-    if "contentType" not in line and next(bloom.candidates(line), None) is None:
-        return
+    return iter(line_candidates_bytes(line.encode("utf-8"), bloom))
+
+
+def line_candidates_bytes(raw: bytes, bloom: Bloom) -> list[tuple[str, str, int]]:
+    """``line_candidates`` of one output line as read (UTF-8 bytes, no line end): no decode needed.
+
+    Tiers: (1) distinct tokens of the whole line against the cached first-token results: no
+    positive and no attachment means no candidate (most lines); (2) positive sequences of the
+    whole line: none and no attachment means no candidate; (3) the line is parsed and the
+    vocabulary/free text and decoded attachments are told apart from the rest.
+    """
+    if not raw.isascii():
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:  # as ScanFn's decode(errors="replace") did
+            raw = raw.decode("utf-8", errors="replace").encode("utf-8")
+    if b"\\" in raw:
+        if b"\\u" in raw or _CONTENT_TYPE in raw:
+            return _parsed_candidates(raw, bloom)
+        # As written (a line that is not JSON) and with JSON escapes decoded (they all separate).
+        views = [_fold(raw).split(), _fold(_JSON_ESCAPE.sub(b" ", raw)).split()]
+    else:
+        views = [_fold(raw).split()]
+        if _CONTENT_TYPE in raw:  # every "data" string, decoded: a superset of the attachments
+            views += [_fold(_decoded(data.decode("utf-8")).encode("utf-8")).split() for data in _DATA.findall(raw)]
+    starts = bloom._starts(set(views[0]).union(*views[1:]))
+    if starts and any(bloom._sequences_at(view, starts) for view in views):
+        return _parsed_candidates(raw, bloom)
+    return []
+
+
+def _keyed(found: list[tuple[bytes, ...]], flag: str) -> list[tuple[str, str, int]]:
+    return [(_bytes_key(parts), flag, len(parts)) for parts in found]
+
+
+def _parsed_candidates(raw: bytes, bloom: Bloom) -> list[tuple[str, str, int]]:
+    """Tier 3: candidates of the parsed line, vocabulary/free text and attachments told apart."""
     try:
-        document = orjson.loads(line)
+        document = orjson.loads(raw)
     except orjson.JSONDecodeError:
         document = None
     if not isinstance(document, (dict, list)):
-        for parts in bloom.candidates(line):
-            yield seq_key(parts), STRICT, len(parts)
-        return
+        return _keyed(bloom.token_candidates(_fold(raw).split()), STRICT)
+    found: list[tuple[str, str, int]] = []
     vocabulary: list[str] = []
-    blanked = orjson.dumps(_blank_vocabulary(document, vocabulary)).decode("utf-8")
-    for parts in bloom.candidates(blanked):
-        yield seq_key(parts), STRICT, len(parts)
+    # Removed strings become a NUL string ("\u0000" in orjson's output): no sequence spans one.
+    blanked = orjson.dumps(_blank_vocabulary(document, vocabulary, blank="\x00"))
+    for segment in blanked.split(_GAP):
+        found += _keyed(bloom.token_candidates(_fold(_JSON_ESCAPE.sub(b" ", segment)).split()), STRICT)
     for text in vocabulary:
-        for parts in bloom.candidates(text):
-            yield seq_key(parts), VOCABULARY, len(parts)
+        found += _keyed(bloom.token_candidates(_fold(text.encode("utf-8")).split()), VOCABULARY)
+    return found
 
 
 def confirm(categories: Iterable[str], candidates: Iterable[tuple[str, str, int]]) -> Counter[str]:

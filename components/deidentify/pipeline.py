@@ -6,18 +6,21 @@ type and batch, which keeps the per-element runner overhead small):
 
 * parse with orjson; bad lines (not JSON, not an object, no valid ``resourceType``, a Patient
   without ``id``) go to the dead-letter output as ``{"source", "line", "reason"}`` (no PHI);
-* an identifier crosswalk ``"<Type>|<system>|<value>" -> id`` of the policy's conditional-reference
-  targets (Practitioner, Organization, ...) is read first, from a second read of the files, and
-  joins the de-identify step as a side input, with the providers' names, addresses, telecom and
-  identifier values that free text is also redacted of (both grow with providers, not patients);
-* non-Patient resources are de-identified at once and written. Those holding free text with a
-  patient wait for their patient's known identifiers: ``CoGroupByKey`` on the original patient id
-  of the pending resources and of each Patient's ``KnownIdentifiers``, then the free-text redactor
-  (``components.deidentify.free_text``) runs with that patient's values. The first walk of such a
-  resource stops at its first free text; its dates count towards the end of data in the second walk;
-* Patients wait for one side input, the end of data (latest original date of any patient-linked
-  resource), needed for the age cap; they also give the k-anonymity quasi-identifier counts and
-  the patient crosswalk ``identifier value (MRN, ...) -> Patient id`` (``patient_links``) that other
+* a pre-pass (a second read of the files, parsing only the lines a byte pre-filter picks) gives
+  three side inputs of the de-identify step: an identifier crosswalk ``"<Type>|<system>|<value>"
+  -> id`` of the policy's conditional-reference targets (Practitioner, Organization, ...); the
+  providers' names, addresses, telecom and identifier values that free text is also redacted of
+  (both grow with providers, not patients); and each Patient's ``KnownIdentifiers`` (original
+  Patient id -> the values free text is redacted of; grows with patients, not resources);
+* non-Patient resources are de-identified at once (one walk) and written. When the walk meets
+  free text of a patient's resource, that patient's redactor (``components.deidentify.free_text``)
+  is built from the side input, or taken from a per-worker LRU cache (``PatientRedactors``:
+  exports list a patient's resources together, so it is built about once per patient and file);
+* Patients are counted (and dead-lettered when bad) with the other lines, and de-identified in a
+  stage that reads them from the input again once its side input, the end of data (latest
+  original date of any patient-linked resource, needed for the age cap), is known, so no Patient
+  waits in memory; they also give the k-anonymity quasi-identifier counts. The pre-pass gives the
+  patient crosswalk ``identifier value (MRN, ...) -> Patient id`` (``patient_links``) that other
   lanes use for linkage;
 * **lanes seam**: ``LANES`` maps a lane name (``dicom``, ``device_logs``, ``documents``, the
   input subdirectories of the ingest layout) to a builder called with a ``LaneContext`` (the
@@ -27,21 +30,24 @@ type and batch, which keeps the per-element runner overhead small):
   (written with the FHIR ones). ``components.deidentify.lanes`` registers ``dicom`` and
   ``device_logs``; input subdirectories without a registered lane (``documents`` today) are
   reported as not processed (their files are not copied to the output);
-* outputs are written with ``fileio.WriteToFiles``, one destination per resource type, named like
-  a FHIR Bulk export: ``<ResourceType>.<nnn>.ndjson``;
+* outputs are written with ``fileio.WriteToFiles`` (one writer for Patients, one for the other
+  resources), one destination per resource type, named like a FHIR Bulk export:
+  ``<ResourceType>.<nnn>.ndjson``;
 * counts are kept per bundle and emitted once per bundle, then summed into one JSON file.
 
 Pipeline 2 (residual-PHI scan) reads every input file again, collects every identifying value of
 every resource (``components.deidentify.phi_scan.resource_phi``) into a fixed-size Bloom filter
-(side input) and a keyed value set, reads every output line back from storage (and the dead
-letters, in batches of lines), emits Bloom-positive token sequences as candidates and confirms them exactly with a
-``CoGroupByKey`` against the values.
+(side input), reads every output line back from storage (and the dead letters, in batches of
+lines) and emits Bloom-positive token sequences as candidates. The candidates are confirmed
+exactly: the inputs are read once more, the values whose key is a candidate's are kept
+(``MatchCandidateValuesFn``) and a ``CoGroupByKey`` of those few values and the candidates counts
+the hits, so a Bloom false positive never counts and no step holds every value.
 
-Memory (FnApiRunner/DirectRunner): the side inputs are the provider crosswalk, the Bloom filter
-(size from the policy) and the end-of-data day. What still grows with the input: the Patient
-lines waiting for the end of data, the ``CoGroupByKey`` of pending free-text resources and
-patients' known identifiers, and the scan's value/candidate join; the local runner keeps those in
-memory, Dataflow/Flink/Spark shuffle them through disk.
+Memory (FnApiRunner/DirectRunner): the side inputs are the provider crosswalk, the patients' known
+identifiers, the Bloom filter (size from the policy) and the end-of-data day. What grows with the
+input: the known identifiers (per patient, not per resource) and the scan's candidates (output
+sequences that pass the Bloom filter, few when the output is clean); the local runner keeps those
+in memory, Dataflow/Flink/Spark keep side inputs and shuffles on disk.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ import gzip
 import os
 import re
 import sys
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +74,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from components.deidentify import phi_scan
 from components.deidentify.dates import parse_day
 from components.deidentify.policy import Policy, rules_of
+from components.deidentify.references import resource_patient_id
 from components.deidentify.transform import (
     crosswalk_entries,
     deidentify_patient,
@@ -81,8 +88,9 @@ RESOURCE_TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 PROGRESS_EVERY = 20000
 BATCH_LINES = 1000  # input lines per element: one DoFn call de-identifies a batch (less per-element overhead)
 DEAD = "dead"
-PATIENTS = "patients"
-PENDING = "pending"
+KNOWN = "known"
+LINKS = "links"
+REDACTOR_CACHE = 512  # patients' free-text redactors kept per worker
 STATS = "stats"
 LATEST = "latest"
 REID = "reid"
@@ -226,30 +234,103 @@ PROVIDERS = "providers"
 
 
 class CrosswalkFn(beam.DoFn):
-    """Yields crosswalk entries of the conditional-reference target types (cheap byte pre-filter).
+    """The pre-pass: crosswalk entries of the conditional-reference target types, providers, patients.
 
-    Also yields (tagged ``providers``) the names, addresses, telecom and identifier values of those
-    resources, for the provider redactor free text goes through.
+    Yields crosswalk entries of the target types (main output); tagged ``providers``: the names,
+    addresses, telecom and identifier values of those resources, for the provider redactor free
+    text goes through; tagged ``known``: ``(original Patient id, KnownIdentifiers)`` of every
+    Patient, for the patient redactor. Only lines that may hold such a resource are parsed (cheap
+    byte pre-filter).
     """
 
     def __init__(self, target_types: Iterable[str]) -> None:
-        types = sorted(target_types)
-        self._types = frozenset(types)
+        types = sorted({*target_types, "Patient"})
+        self._types = frozenset(target_types)
         self._prefilter = re.compile(rb'"resourceType"\s*:\s*"(' + b"|".join(t.encode() for t in types) + rb')"')
 
     def process(self, element: tuple[str, list[tuple[int, bytes]]]) -> Iterator[Any]:
-        """Parses only lines that may be a target resource."""
-        if not self._types:
-            return
+        """Parses only lines that may be a target resource or a Patient."""
+        from components.deidentify.free_text import known_identifiers_from_patient
+
         search = self._prefilter.search
         for _, raw in element[1]:
             if not search(raw):
                 continue
             resource, _ = _parse(raw)
-            if resource is not None and resource["resourceType"] in self._types:
+            if resource is None:
+                continue
+            if resource["resourceType"] == "Patient":
+                yield beam.pvalue.TaggedOutput(KNOWN, (str(resource["id"]), known_identifiers_from_patient(resource)))
+                for link in patient_links(resource):
+                    yield beam.pvalue.TaggedOutput(LINKS, link)
+            elif resource["resourceType"] in self._types:
                 yield from crosswalk_entries(resource)
                 for value in provider_values(resource):
                     yield beam.pvalue.TaggedOutput(PROVIDERS, value)
+
+
+def merge_known(values: Iterable[Any]) -> Any:
+    """Merges the KnownIdentifiers of Patients that share an id (every value of each is kept)."""
+    from components.deidentify.free_text import KnownIdentifiers
+
+    items = list(values)
+    if len(items) == 1:
+        return items[0]
+    fields = ("names", "identifiers", "telecom", "addresses", "dates")
+    return KnownIdentifiers(
+        **{name: tuple(dict.fromkeys(value for item in items for value in getattr(item, name))) for name in fields}
+    )
+
+
+class PatientRedactors:
+    """Per-worker cache of patients' free-text redactors, built on first use (LRU bounded).
+
+    Bulk exports list a patient's resources together within each file, so a small cache serves
+    almost every lookup; a miss only costs building the redactor again.
+    """
+
+    def __init__(self, limit: int = REDACTOR_CACHE) -> None:
+        self._limit = limit
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+
+    def get(self, patient_id: str, known: Mapping[str, Any], stats: Counter[str]) -> Any:
+        """The redactor of one patient (patterns only, counted, when the export lacks the Patient)."""
+        from components.deidentify.free_text import Redactor
+
+        redactor = self._cache.get(patient_id)
+        if redactor is not None:
+            self._cache.move_to_end(patient_id)
+            return redactor
+        identifiers = known.get(patient_id)
+        if identifiers is None:
+            stats[PENDING_WITHOUT_PATIENT] += 1
+        redactor = Redactor(identifiers)
+        self._cache[patient_id] = redactor
+        if len(self._cache) > self._limit:
+            self._cache.popitem(last=False)
+        return redactor
+
+
+class LazyPatientRedactor:
+    """The free-text redactor of one resource's patient, looked up only when free text is met."""
+
+    def __init__(
+        self, redactors: PatientRedactors, patient_id: str, known: Mapping[str, Any], stats: Counter[str]
+    ) -> None:
+        """Remembers what the lookup needs."""
+        self._redactors = redactors
+        self._patient_id = patient_id
+        self._known = known
+        self._stats = stats
+        self._redactor: Any = None
+
+    def redact(self, text: str) -> tuple[str, Counter[str]]:
+        """Redacts with the patient's redactor (counts the resource as joined on first use)."""
+        if self._redactor is None:
+            self._stats[PENDING_TEXT] += 1
+            self._redactor = self._redactors.get(self._patient_id, self._known, self._stats)
+        result: tuple[str, Counter[str]] = self._redactor.redact(text)
+        return result
 
 
 class ProviderRedactorCache:
@@ -279,10 +360,11 @@ class _PolicyFn(beam.DoFn):
         """Builds the policy's lookup tables once per worker."""
         self._rules = rules_of(self._policy)
         self._providers = ProviderRedactorCache()
+        self._redactors = PatientRedactors()
 
 
 class DeidentifyFn(_PolicyFn):
-    """Parses and de-identifies one line; routes Patients, pending free text and bad lines."""
+    """Parses and de-identifies one batch of lines; routes Patients and bad lines."""
 
     def start_bundle(self) -> None:
         """Resets the per-bundle counts."""
@@ -295,6 +377,7 @@ class DeidentifyFn(_PolicyFn):
         element: tuple[str, list[tuple[int, bytes]]],
         crosswalk: Mapping[str, str],
         providers: Sequence[tuple[str, str]],
+        known: Mapping[str, Any],
     ) -> Iterator[Any]:
         """De-identifies one batch of resource lines.
 
@@ -322,27 +405,20 @@ class DeidentifyFn(_PolicyFn):
             resource_type = resource["resourceType"]
             stats[IN_PREFIX + resource_type] += 1
             if resource_type == "Patient":
-                yield beam.pvalue.TaggedOutput(PATIENTS, (name, raw))
-                continue
-            scratch: Counter[str] = Counter()
+                continue  # written by DeidentifyPatientFn, once the end of data is known
+            patient_id = resource_patient_id(resource)
             outcome = deidentify_resource(
                 resource,
                 self._key,
-                scratch,
+                stats,
                 self._rules,
                 self._policy,
-                defer_text=True,
+                redactor=None if patient_id is None else LazyPatientRedactor(self._redactors, patient_id, known, stats),
                 crosswalk=crosswalk,
                 provider_redactor=provider_redactor,
             )
-            if outcome.needs_text:
-                # Its latest day comes from the second walk (RedactPendingFn), which sees every date.
-                stats[PENDING_TEXT] += 1
-                yield beam.pvalue.TaggedOutput(PENDING, (outcome.patient_id, (name, raw)))
-                continue
             if outcome.latest_day > self._latest:
                 self._latest = outcome.latest_day
-            stats.update(scratch)
             stats[OUT_PREFIX + resource_type] += 1
             if self._reid and "id" in resource:
                 yield beam.pvalue.TaggedOutput(REID, _reid_line(resource_type, resource["id"], outcome.resource))
@@ -357,72 +433,11 @@ class DeidentifyFn(_PolicyFn):
         yield beam.pvalue.TaggedOutput(LATEST, _emit_once(self._latest))
 
 
-def known_identifiers(element: tuple[str, bytes]) -> tuple[str, Any]:
-    """``(original Patient id, KnownIdentifiers)`` of one Patient line."""
-    from components.deidentify.free_text import known_identifiers_from_patient
-
-    patient = orjson.loads(element[1])
-    return str(patient["id"]), known_identifiers_from_patient(patient)
-
-
-def patient_links(element: tuple[str, bytes]) -> Iterator[tuple[str, str]]:
-    """``(identifier value, original Patient id)`` for each identifier of one Patient line."""
-    patient = orjson.loads(element[1])
+def patient_links(patient: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """``(identifier value, original Patient id)`` for each identifier of one Patient."""
     for identifier in patient.get("identifier") or []:
         if isinstance(identifier, dict) and isinstance(identifier.get("value"), str) and identifier["value"]:
             yield identifier["value"], str(patient["id"])
-
-
-class RedactPendingFn(_PolicyFn):
-    """De-identifies the free-text resources of one patient with that patient's redactor."""
-
-    def start_bundle(self) -> None:
-        """Resets the per-bundle counts and latest date."""
-        self._stats: Counter[str] = Counter()
-        self._latest = ""
-
-    def process(
-        self,
-        element: tuple[str, Mapping[str, Iterable[Any]]],
-        crosswalk: Mapping[str, str],
-        providers: Sequence[tuple[str, str]],
-    ) -> Iterator[Any]:
-        """Redacts every pending resource of one patient."""
-        from components.deidentify.free_text import Redactor
-
-        _, groups = element
-        pending = list(groups[PENDING])
-        if not pending:
-            return
-        known = next(iter(groups[PATIENTS]), None)
-        if known is None:
-            self._stats[PENDING_WITHOUT_PATIENT] += len(pending)
-        redactor = Redactor(known)
-        for name, raw in pending:
-            resource = orjson.loads(raw)
-            outcome = deidentify_resource(
-                resource,
-                self._key,
-                self._stats,
-                self._rules,
-                self._policy,
-                redactor=redactor,
-                crosswalk=crosswalk,
-                provider_redactor=self._providers.get(providers),
-            )
-            if outcome.latest_day > self._latest:
-                self._latest = outcome.latest_day
-            resource_type = resource["resourceType"]
-            self._stats[OUT_PREFIX + resource_type] += 1
-            self._stats[FILE_OUT_PREFIX + name] += 1
-            if self._reid and "id" in resource:
-                yield beam.pvalue.TaggedOutput(REID, _reid_line(resource_type, resource["id"], outcome.resource))
-            yield resource_type, orjson.dumps(outcome.resource)
-
-    def finish_bundle(self) -> Iterator[Any]:
-        """Emits this bundle's counts and latest date."""
-        yield beam.pvalue.TaggedOutput(STATS, _emit_once(dict(self._stats)))
-        yield beam.pvalue.TaggedOutput(LATEST, _emit_once(self._latest))
 
 
 def quasi_identifiers(original: Mapping[str, Any], out: Mapping[str, Any], end_of_data: str, policy: Policy) -> str:
@@ -462,21 +477,44 @@ def _omb_code(patient: Mapping[str, Any], name: str) -> str:
     return "unknown"
 
 
+def may_be_patient(raw: bytes) -> bool:
+    """A cheap necessary condition of a Patient line (the name, or a JSON escape that may spell it)."""
+    return b"Patient" in raw or b"\\u" in raw
+
+
 class DeidentifyPatientFn(_PolicyFn):
-    """De-identifies one Patient line once the end of data is known (side input)."""
+    """De-identifies the Patients of one batch of input lines once the end of data is known.
+
+    The Patients are read from the input a second time (in the stage that waits for the end-of-data
+    side input) rather than held in memory until the other resources are done. Lines that are not
+    valid Patients are skipped here: ``DeidentifyFn`` counts and dead-letters them.
+    """
 
     def start_bundle(self) -> None:
         """Resets the per-bundle counts."""
         self._stats: Counter[str] = Counter()
 
     def process(
-        self, element: tuple[str, bytes], end_of_data: str, providers: Sequence[tuple[str, str]]
+        self,
+        element: tuple[str, list[tuple[int, bytes]]],
+        end_of_data: str,
+        providers: Sequence[tuple[str, str]],
     ) -> Iterator[Any]:
-        """De-identifies one Patient with its own free-text redactor."""
+        """De-identifies the Patients of one batch, each with its own free-text redactor."""
+        path, batch = element
+        name = os.path.basename(path)
+        for _, raw in batch:
+            if not may_be_patient(raw):
+                continue
+            patient, _ = _parse(raw)
+            if patient is not None and patient["resourceType"] == "Patient":
+                yield from self._patient(name, patient, end_of_data, providers)
+
+    def _patient(
+        self, name: str, patient: dict[str, Any], end_of_data: str, providers: Sequence[tuple[str, str]]
+    ) -> Iterator[Any]:
         from components.deidentify.free_text import Redactor, known_identifiers_from_patient
 
-        name, raw = element
-        patient = orjson.loads(raw)
         redactor = Redactor(known_identifiers_from_patient(patient))
         out = deidentify_patient(
             patient,
@@ -553,6 +591,18 @@ def bulk_file_naming(
     return f"{destination}.{int(shard_index or 0):03d}.ndjson"
 
 
+def _write_resources(records: beam.PCollection, label: str, output_dir: str, work_dir: str) -> None:
+    """Writes ``(resource type, NDJSON lines)`` records as ``<ResourceType>.<nnn>.ndjson`` files."""
+    _ = records | f"Write{label}" >> fileio.WriteToFiles(
+        path=output_dir,
+        destination=resource_type_destination,
+        sink=lambda _destination: NdjsonSink(),
+        file_naming=bulk_file_naming,
+        temp_directory=StaticValueProvider(str, FileSystems.join(work_dir, f"beam-temp-{label.lower()}")),
+        max_writers_per_bundle=256,
+    )
+
+
 def _write_json(pcoll: beam.PCollection, label: str, path_prefix: str) -> None:
     _ = (
         pcoll
@@ -602,32 +652,25 @@ def run_deidentify(
         crosswalk_lines = _read_lines(pipeline, "Crosswalk", input_files, count=False)
         targets = crosswalk_lines.lines | "CrosswalkEntries" >> beam.ParDo(
             CrosswalkFn(rules.conditional_targets)
-        ).with_outputs(PROVIDERS, main="entries")
+        ).with_outputs(PROVIDERS, KNOWN, LINKS, main="entries")
         crosswalk = beam.pvalue.AsDict(targets.entries | "OneIdPerEntry" >> beam.CombinePerKey(min))
         providers = beam.pvalue.AsSingleton(
             targets[PROVIDERS]
             | "DistinctProviderValues" >> beam.Distinct()
             | "ProviderValues" >> beam.combiners.ToList()
         )
+        known = targets[KNOWN] | "OnePatientPerId" >> beam.CombinePerKey(merge_known)
         parsed = lines.lines | "Deidentify" >> beam.ParDo(
-            DeidentifyFn(key, policy, reid), crosswalk, providers
-        ).with_outputs(DEAD, PATIENTS, PENDING, STATS, LATEST, REID, main="resources")
-        known = parsed[PATIENTS] | "KnownIdentifiers" >> beam.Map(known_identifiers)
-        joined = {PATIENTS: known, PENDING: parsed[PENDING]} | "JoinFreeText" >> beam.CoGroupByKey()
-        redacted = joined | "RedactFreeText" >> beam.ParDo(
-            RedactPendingFn(key, policy, reid), crosswalk, providers
-        ).with_outputs(STATS, REID, LATEST, main="resources")
-        end_of_data = (
-            (parsed[LATEST], redacted[LATEST])
-            | "AllLatest" >> beam.Flatten()
-            | "EndOfData" >> beam.CombineGlobally(lambda days: max(days, default=""))
-        )
-        patients = parsed[PATIENTS] | "DeidentifyPatients" >> beam.ParDo(
+            DeidentifyFn(key, policy, reid), crosswalk, providers, beam.pvalue.AsDict(known)
+        ).with_outputs(DEAD, STATS, LATEST, REID, main="resources")
+        end_of_data = parsed[LATEST] | "EndOfData" >> beam.CombineGlobally(lambda days: max(days, default=""))
+        patient_lines = _read_lines(pipeline, "PatientInput", input_files, count=False)
+        patients = patient_lines.lines | "DeidentifyPatients" >> beam.ParDo(
             DeidentifyPatientFn(key, policy, reid),
             end_of_data=beam.pvalue.AsSingleton(end_of_data),
             providers=providers,
         ).with_outputs(STATS, REID, main="patients")
-        links = parsed[PATIENTS] | "PatientLinks" >> beam.FlatMap(patient_links)
+        links = targets[LINKS]
         lane_stats, lane_dead = [], []
         for lane in lanes:
             context = LaneContext(
@@ -644,15 +687,10 @@ def run_deidentify(
             counts, dead_letters = LANES[lane](context)
             lane_stats.append(counts)
             lane_dead.append(dead_letters)
-        records = (parsed.resources, patients.patients, redacted.resources) | "AllResources" >> beam.Flatten()
-        _ = records | "WriteResources" >> fileio.WriteToFiles(
-            path=output_dir,
-            destination=resource_type_destination,
-            sink=lambda _destination: NdjsonSink(),
-            file_naming=bulk_file_naming,
-            temp_directory=StaticValueProvider(str, FileSystems.join(work_dir, "beam-temp")),
-            max_writers_per_bundle=256,
-        )
+        # One writer per producer (their resource types differ): a Flatten in front of one writer
+        # would make the local runner hold every written resource in memory until the last producer ends.
+        _write_resources(parsed.resources, "Resources", output_dir, work_dir)
+        _write_resources(patients.patients, "Patients", output_dir, work_dir)
         dead = (lines[DEAD], parsed[DEAD], *lane_dead) | "DeadLetters" >> beam.Flatten()
         _ = (
             dead
@@ -661,19 +699,37 @@ def run_deidentify(
         )
         if reid_path is not None:
             _ = (
-                (parsed[REID], patients[REID], redacted[REID])
+                (parsed[REID], patients[REID])
                 | "ReidEntries" >> beam.Flatten()
                 | "ReidToText" >> beam.Map(lambda raw: raw.decode("utf-8"))
                 | "WriteReidMap" >> beam.io.WriteToText(reid_path, num_shards=1, shard_name_template="")
             )
-        stats = (lines[STATS], parsed[STATS], patients[STATS], redacted[STATS], *lane_stats) | "AllStats" >> (
-            beam.Flatten()
-        )
+        stats = (lines[STATS], parsed[STATS], patients[STATS], *lane_stats) | "AllStats" >> (beam.Flatten())
         _write_json(stats | "SumStats" >> beam.CombineGlobally(SumCounts()), "Stats", _join(work_dir, STATS_FILE))
 
 
+def phi_values(
+    batch: Iterable[tuple[int, bytes]], min_token_chars: int, stats: Counter[str]
+) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """``(category, token sequence)`` of every searchable identifying value of a batch of input lines."""
+    for _, raw in batch:
+        try:
+            resource = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(resource, dict):
+            continue
+        for category, value in phi_scan.resource_phi_list(resource, raw):
+            parts = phi_scan.searchable(value, min_token_chars)
+            if parts is None:
+                stats["skipped\t" + category] += 1
+                continue
+            stats["indexed\t" + category] += 1
+            yield category, parts
+
+
 class ExtractPhiFn(beam.DoFn):
-    """Yields ``(seq_key, category, tokens)`` for every identifying value of every input resource."""
+    """Yields the token sequence of every identifying value of every input resource (for the Bloom filter)."""
 
     def __init__(self, min_token_chars: int) -> None:
         self._min = min_token_chars
@@ -684,25 +740,39 @@ class ExtractPhiFn(beam.DoFn):
 
     def process(self, element: tuple[str, list[tuple[int, bytes]]]) -> Iterator[Any]:
         """Extracts PHI values from one batch of input lines."""
-        stats = self._stats
-        for _, raw in element[1]:
-            try:
-                resource = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(resource, dict):
-                continue
-            for category, value in phi_scan.resource_phi(resource):
-                parts = phi_scan.searchable(value, self._min)
-                if parts is None:
-                    stats["skipped\t" + category] += 1
-                    continue
-                stats["indexed\t" + category] += 1
-                yield phi_scan.seq_key(parts), category, parts
+        for _, parts in phi_values(element[1], self._min, self._stats):
+            yield parts
 
     def finish_bundle(self) -> Iterator[Any]:
         """Emits this bundle's counts."""
         yield beam.pvalue.TaggedOutput(STATS, _emit_once(dict(self._stats)))
+
+
+class MatchCandidateValuesFn(beam.DoFn):
+    """Yields ``(seq_key, category)`` of the input values whose key is a candidate's (exact confirmation).
+
+    The inputs are read and their values extracted a second time, instead of keeping every value
+    for a join: only values matching one of the (few) Bloom-positive candidates leave this step,
+    and a batch is skipped unparsed when there is no candidate at all.
+    """
+
+    def __init__(self, min_token_chars: int) -> None:
+        self._min = min_token_chars
+        self._source: int | None = None
+        self._keys: frozenset[str] = frozenset()
+
+    def process(self, element: tuple[str, list[tuple[int, bytes]]], candidate_keys: Sequence[str]) -> Iterator[Any]:
+        """Extracts the values of one batch of input lines that match a candidate key."""
+        if self._source != id(candidate_keys):
+            self._keys = frozenset(candidate_keys)
+            self._source = id(candidate_keys)
+        if not self._keys:
+            return
+        scratch: Counter[str] = Counter()
+        for category, parts in phi_values(element[1], self._min, scratch):
+            key = phi_scan.seq_key(parts)
+            if key in self._keys:
+                yield key, category
 
 
 class BloomFn(beam.CombineFn):
@@ -747,8 +817,7 @@ class ScanFn(beam.DoFn):
         kind = os.path.basename(file_name).split(".", 1)[0]
         self._stats["lines\t" + kind] += len(batch)
         for _, raw in batch:
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            for key, flag, length in phi_scan.line_candidates(line, bloom):
+            for key, flag, length in phi_scan.line_candidates_bytes(raw.rstrip(b"\r\n"), bloom):
                 self._stats["bloom_candidates"] += 1
                 yield key, (kind, flag, length)
 
@@ -786,15 +855,11 @@ def run_scan(
     bits = int(settings.get("bloom_bits", 1 << 25))
     hashes = int(settings.get("bloom_hashes", 7))
     with beam.Pipeline(options=options) as pipeline:
+        min_token_chars = int(settings.get("min_token_chars", phi_scan.MIN_TOKEN_CHARS))
         values = _read_lines(pipeline, "Scan", input_files, count=False).lines | "ExtractPhi" >> beam.ParDo(
-            ExtractPhiFn(int(settings.get("min_token_chars", phi_scan.MIN_TOKEN_CHARS)))
+            ExtractPhiFn(min_token_chars)
         ).with_outputs(STATS, main="values")
-        bloom = (
-            values.values
-            | "Sequences" >> beam.Map(lambda value: value[2])
-            | "BuildBloom" >> beam.CombineGlobally(BloomFn(bits, hashes))
-        )
-        keyed_values = values.values | "KeyValues" >> beam.Map(lambda value: (value[0], value[1]))
+        bloom = values.values | "BuildBloom" >> beam.CombineGlobally(BloomFn(bits, hashes))
         side = beam.pvalue.AsSingleton(bloom)
         scanned = sorted(
             {metadata.path for match in FileSystems.match(list(scanned_globs)) for metadata in match.metadata_list}
@@ -804,8 +869,16 @@ def run_scan(
         ).with_outputs(STATS, main="candidates")
         scans = [scan]
         candidates = scan.candidates
+        candidate_keys = (
+            candidates
+            | "CandidateKeys" >> beam.Map(lambda candidate: candidate[0])
+            | "DistinctCandidateKeys" >> beam.Distinct()
+        )
+        matched = _read_lines(pipeline, "Confirm", input_files, count=False).lines | "MatchCandidates" >> beam.ParDo(
+            MatchCandidateValuesFn(min_token_chars), beam.pvalue.AsList(candidate_keys)
+        )
         confirmed = (
-            {"values": keyed_values, "candidates": candidates}
+            {"values": matched, "candidates": candidates}
             | "ConfirmCandidates" >> beam.CoGroupByKey()
             | "Confirm" >> beam.FlatMap(_confirm)
         )

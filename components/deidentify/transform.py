@@ -22,6 +22,13 @@ For each ``key: value`` of an object (resource, contained resource or element):
    through the redactor with the patient's known identifiers; every other string is removed and
    counted as ``unclassified`` with its element path.
 8. Age quantities (``onsetAge``, UCUM ``a``) over the cap become the cap.
+
+Speed: most objects of an export repeat (a CodeableConcept, a Quantity unit, a category). The walk
+of an object that neither counted anything nor used the key, the patient's offset, the redactor or
+the crosswalk (``WalkContext.touched`` unchanged) depends only on its element path, its content
+and the policy; such results are memoised per policy and worker (``SubtreeMemo``), keyed by the
+path and the object's serialised bytes, so the next identical object costs one serialisation and
+one lookup. Paths whose objects rarely repeat or always touch something stop being tried.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
+
+import orjson
 
 from components.deidentify import policy
 from components.deidentify.dates import cap_birth_date, looks_like_date, parse_day, shift_date
@@ -80,6 +89,64 @@ BASE_SPECIAL_KEYS = frozenset(
 )
 
 
+MEMO_MAX_ENTRIES = 20000  # memoised objects per policy and worker (then the memo starts over)
+MEMO_TRIAL_ATTEMPTS = 64  # lookups of a path before its hit rate decides whether it stays memoised
+MEMO_MIN_HIT_RATE = 0.25
+
+
+class SubtreeMemo:
+    """Per-policy memo of object walks that depend only on the element path and the content.
+
+    Attributes:
+        special_keys: Keys ``_walk_object`` hands to ``_element`` (base special keys and the
+            policy's removed elements).
+        entries: ``(path, serialised object) -> walk result`` (shared: never mutated by callers).
+        attempts: Lookups per path.
+        hits: Hits per path.
+        disabled: Paths no longer memoised (low hit rate, or their objects always touch the context).
+    """
+
+    def __init__(self, rules: FhirRules) -> None:
+        """Starts empty for one policy's rules."""
+        self.special_keys = BASE_SPECIAL_KEYS | frozenset(rules.removed_elements)
+        self.entries: dict[tuple[str, bytes], Any] = {}
+        self.attempts: Counter[str] = Counter()
+        self.hits: Counter[str] = Counter()
+        self.disabled: set[str] = set()
+
+    def lookup(self, path: str, blob: bytes) -> Any:
+        """The memoised walk of ``blob`` at ``path``, or None (and counts the attempt)."""
+        attempts = self.attempts[path] = self.attempts[path] + 1
+        found = self.entries.get((path, blob))
+        if found is not None:
+            self.hits[path] += 1
+        elif attempts >= MEMO_TRIAL_ATTEMPTS and self.hits[path] < attempts * MEMO_MIN_HIT_RATE:
+            self.disabled.add(path)
+        return found
+
+    def store(self, path: str, blob: bytes, walked: Any) -> None:
+        """Remembers a walk that touched nothing (the memo starts over when full)."""
+        if len(self.entries) >= MEMO_MAX_ENTRIES:
+            self.entries.clear()
+        self.entries[(path, blob)] = walked
+
+
+_MEMOS: dict[int, tuple[FhirRules, SubtreeMemo]] = {}  # id(rules) -> (rules kept alive, memo)
+MEMO_POLICIES = 16
+
+
+def memo_for(rules: FhirRules) -> SubtreeMemo:
+    """The subtree memo of one policy's rules (one per rules object and worker process)."""
+    found = _MEMOS.get(id(rules))
+    if found is not None and found[0] is rules:
+        return found[1]
+    if len(_MEMOS) >= MEMO_POLICIES:
+        _MEMOS.clear()
+    memo = SubtreeMemo(rules)
+    _MEMOS[id(rules)] = (rules, memo)
+    return memo
+
+
 class TextRedactor(Protocol):
     """What the walk needs from ``components.deidentify.free_text.Redactor``."""
 
@@ -108,6 +175,9 @@ class WalkContext:
         latest_day: The latest original ``YYYY-MM-DD`` of any shifted date (end of data, age cap).
         needs_text: Set when free text was met while deferring.
         removed_any: Set when anything was removed or redacted (``meta.security`` REDACTED).
+        touched: Number of counted events and context uses (key, offset, redactor, crosswalk);
+            an object walk that leaves it unchanged may be memoised (``SubtreeMemo``).
+        memo: The policy's subtree memo (None: no memoisation).
     """
 
     key: bytes
@@ -122,15 +192,19 @@ class WalkContext:
     latest_day: str = ""
     needs_text: bool = False
     removed_any: bool = False
+    touched: int = 0
+    memo: SubtreeMemo | None = None
 
     def removed(self, category: str, count: int = 1) -> None:
         """Counts removed elements of a category."""
         self.stats[REMOVED_PREFIX + category] += count
         self.removed_any = True
+        self.touched += 1
 
     def rewritten(self, category: str, count: int = 1) -> None:
         """Counts rewritten values of a category."""
         self.stats[REWRITTEN_PREFIX + category] += count
+        self.touched += 1
 
     def unclassified(self, path: str, count: int = 1) -> None:
         """Counts removed values the policy does not know, by element path."""
@@ -210,6 +284,7 @@ def deidentify_resource(
         defer_text=defer_text and redactor is None and patient_id is not None,
         crosswalk=crosswalk,
         provider_redactor=provider_redactor,
+        memo=memo_for(rules),
     )
     try:
         out = _walk_object(resource, ctx.resource_type, ctx, root="resource")
@@ -253,6 +328,7 @@ def deidentify_patient(
     """
     offset = date_offset_days(key, str(resource["id"]))
     ctx = WalkContext(key, rules, "Patient", offset, stats, redactor=redactor, provider_redactor=provider_redactor)
+    ctx.memo = memo_for(rules)
     out = _walk_object(resource, "Patient", ctx, root="resource")
     _stamp(out, the_policy, ctx)
     birth = parse_day(resource.get("birthDate")) if isinstance(resource.get("birthDate"), str) else None
@@ -279,31 +355,67 @@ def reference_day(patient: dict[str, Any], end_of_data: str) -> dt.date:
 
 
 def _stamp(out: dict[str, Any], the_policy: Policy, ctx: WalkContext) -> None:
-    """Records the policy on the resource: ``meta.tag`` (policy and hash) and ``meta.security``."""
-    meta = out.setdefault("meta", {})
-    meta.setdefault("tag", []).extend(
-        [
-            {"system": policy.POLICY_TAG_SYSTEM, "code": the_policy.label},
-            {"system": policy.POLICY_HASH_TAG_SYSTEM, "code": the_policy.sha256},
-        ]
-    )
-    security = meta.setdefault("security", [])
-    security.append({"system": policy.SECURITY_SYSTEM, "code": "PSEUDED"})
+    """Records the policy on the resource: ``meta.tag`` (policy and hash) and ``meta.security``.
+
+    ``meta`` and its lists are copied, never extended in place: a walked object may be shared
+    with other resources through the subtree memo.
+    """
+    meta = dict(out.get("meta") or {})
+    meta["tag"] = [
+        *(meta.get("tag") or []),
+        {"system": policy.POLICY_TAG_SYSTEM, "code": the_policy.label},
+        {"system": policy.POLICY_HASH_TAG_SYSTEM, "code": the_policy.sha256},
+    ]
+    security = [*(meta.get("security") or []), {"system": policy.SECURITY_SYSTEM, "code": "PSEUDED"}]
     if ctx.removed_any:
         security.append({"system": policy.SECURITY_SYSTEM, "code": "REDACTED"})
+    meta["security"] = security
+    out["meta"] = meta
 
 
 def _walk_object(obj: dict[str, Any], path: str, ctx: WalkContext, root: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    removed = ctx.rules.removed_elements
+    memo = ctx.memo if ctx.memo is not None else memo_for(ctx.rules)
+    special = memo.special_keys
+    code_keys = ctx.rules.code_keys
     for key, value in obj.items():
-        if value is None or key in BASE_SPECIAL_KEYS or key in removed:
+        kind = type(value)
+        if value is None or key in special:
             new = _element(key, value, obj, path, ctx, root)
+        elif kind is str and key in code_keys:
+            new = value  # codes, systems, units: kept (the first rule of ``_string``)
+        elif kind is int or kind is float or kind is bool:
+            new = value
         else:
             new = _value(key, value, obj, _path(path, key), ctx)
         if new is not REMOVED:
             out[key] = new
     return out
+
+
+def _memoised_object(key: str, value: dict[str, Any], path: str, ctx: WalkContext) -> Any:
+    """Walks an object through the subtree memo (see the module docstring)."""
+    memo = ctx.memo
+    if memo is None or path in memo.disabled:
+        return _walk_dict(key, value, path, ctx)
+    blob = orjson.dumps(value)
+    found = memo.lookup(path, blob)
+    if found is not None:
+        return found
+    before = ctx.touched
+    walked = _walk_dict(key, value, path, ctx)
+    if ctx.touched == before:
+        memo.store(path, blob, walked)
+    return walked
+
+
+def _walk_dict(key: str, value: dict[str, Any], path: str, ctx: WalkContext) -> Any:
+    walked = _walk_object(value, path, ctx)
+    if walked and _is_age(key, walked):
+        _cap_age(walked, ctx)
+    if "data" in walked and "contentType" in walked and "size" in walked:
+        walked["size"] = len(base64.b64decode(walked["data"]))
+    return walked if walked else REMOVED
 
 
 def _element(key: str, value: Any, parent: dict[str, Any], path: str, ctx: WalkContext, root: str | None) -> Any:
@@ -354,12 +466,11 @@ def _value(key: str, value: Any, parent: dict[str, Any], path: str, ctx: WalkCon
     if kind is str:
         return _string(key, value, parent, path, ctx)
     if kind is dict:
-        walked = _walk_object(value, path, ctx)
-        if walked and _is_age(key, walked):
-            _cap_age(walked, ctx)
-        if "data" in walked and "contentType" in walked and "size" in walked:
-            walked["size"] = len(base64.b64decode(walked["data"]))
-        return walked if walked else REMOVED
+        if len(value) == 1 and type(value.get("reference")) is str:
+            # A bare Reference (subject, encounter, ...): what the generic walk does, without its overhead.
+            rewritten = _reference(value["reference"], value, path, ctx)
+            return REMOVED if rewritten is REMOVED else {"reference": rewritten}
+        return _memoised_object(key, value, path, ctx)
     if kind is list:
         items = []
         for item in value:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import base64
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from clinflow.synthetic import generate_fhir_bulk
 from components.deidentify.phi_scan import (
     Bloom,
     confirm,
+    extract_entries,
     line_candidates,
+    line_candidates_bytes,
     resource_phi,
     scan_lines_exact,
     searchable,
@@ -121,3 +125,44 @@ def test_bloom_merge_is_a_union() -> None:
     first.merge(second)
     assert list(first.candidates("Zelda at Quixote Lane")) == [("zelda",), ("quixote", "lane")]
     assert first.items == 2 and 0 < first.false_positive_rate() < 1e-6
+
+
+def test_json_escapes_are_decoded_before_matching() -> None:
+    # A value right after an escaped newline, and a letter written as a \u escape, are still found.
+    assert scan(['{"note":"seen\\nQuixote today"}'], PATIENT) == Counter({"hits\tline\tnames": 1})
+    assert scan(['{"x":"Quix\\u006fte"}'], PATIENT) == Counter({"hits\tline\tnames": 1})
+    assert scan(['{"x":"a\\\\nQuixote"}'], PATIENT) == Counter()  # an escaped backslash, then the letters "nQuixote"
+    assert scan(["not json: ssn 999-12-3456"], PATIENT) == Counter({"hits\tline\tidentifiers": 1})
+
+
+def test_bytes_and_str_lines_give_the_same_candidates() -> None:
+    bloom = Bloom.empty(1 << 16, 5)
+    for _, value in resource_phi(PATIENT):
+        parts = searchable(value)
+        if parts is not None:
+            bloom.add_sequence(parts)
+    lines = ['{"a":"Zelda Ann Quixote","display":"Quixote"}', '{"x":"La Mancha 12 Windmill Lane"}', "plain MRN00042"]
+    for line in lines:
+        assert list(line_candidates(line, bloom)) == line_candidates_bytes(line.encode(), bloom)
+        assert line_candidates_bytes(line.encode(), bloom)
+
+
+def test_every_planted_value_of_a_generated_dataset_is_found(tmp_path: Path) -> None:
+    generate_fhir_bulk(tmp_path, patients=4, seed=7)
+    values: dict[str, set[str]] = {}
+    bloom = Bloom.empty(1 << 20, 7)
+    for path in sorted(tmp_path.glob("*.ndjson")):
+        for raw in path.read_bytes().splitlines():
+            entries, _ = extract_entries(orjson.loads(raw), raw=raw)
+            assert sorted(e[:2] for e in entries) == sorted(
+                (seq_key(p), c) for c, v in resource_phi(orjson.loads(raw)) if (p := searchable(v)) is not None
+            )
+            for key, _, parts in entries:
+                bloom.add_sequence(parts)
+                values.setdefault(" ".join(parts), set()).add(key)
+    assert len(values) > 50
+    for text, keys in values.items():
+        strict = orjson.dumps({"code": f"x-{text.upper()}-y", "status": "final"})
+        vocabulary = orjson.dumps({"note": [{"text": f"Seen:\n{text}."}]})
+        assert keys <= {key for key, flag, _ in line_candidates_bytes(strict, bloom) if flag == "strict"}
+        assert keys <= {key for key, flag, _ in line_candidates_bytes(vocabulary, bloom) if flag == "vocabulary"}
