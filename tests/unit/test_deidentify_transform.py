@@ -443,3 +443,44 @@ def test_input_resource_is_not_modified() -> None:
     snapshot = copy.deepcopy(original)
     deidentify_patient(original, KEY, Counter(), "2021-01-01", RULES, POLICY)
     assert original == snapshot
+
+
+def _observation(number: int, patient: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": f"obs-{number}",
+        "meta": {"profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-vital-signs"]},
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2", "display": "Body Height"}]},
+        "subject": {"reference": f"Patient/{patient}"},
+        "effectiveDateTime": "2020-03-04T10:00:00Z",
+        "valueQuantity": {"value": 170 + number, "unit": "cm", "system": "http://unitsofmeasure.org", "code": "cm"},
+        "note": [{"text": f"Seen with {patient} at 555-010-{1000 + number}"}],
+        "component": [{"code": {"text": "unknown element"}, "mystery": "Zelda Quixote"}],
+    }
+
+
+def test_memoised_walk_gives_the_same_output_and_counts_as_a_fresh_walk() -> None:
+    """Identical objects repeat across resources; the memo must not change any output or count."""
+    redactor = Redactor(None)
+    outputs, counts = [], []
+    for number in range(200):
+        stats: Counter[str] = Counter()
+        resource = _observation(number % 3, "pat-1")
+        outcome = deidentify_resource(resource, KEY, stats, RULES, POLICY, redactor=redactor)
+        outputs.append(orjson.dumps(outcome.resource))
+        counts.append(stats)
+    assert outputs[0] == outputs[3] == outputs[198]
+    assert counts[0] == counts[3] == counts[198]
+    assert counts[0][UNCLASSIFIED_PATH_PREFIX + "Observation.component.mystery"] == 1
+    assert b"Zelda" not in outputs[0]
+    assert b"555-010" not in outputs[0]
+
+
+def test_policy_stamp_never_grows_a_shared_meta() -> None:
+    """``meta`` objects may be shared through the memo; stamping must copy, not extend in place."""
+    for number in range(100):
+        outcome = deidentify_resource(_observation(number, "pat-2"), KEY, Counter(), RULES, POLICY)
+        tags = outcome.resource["meta"]["tag"]
+        assert len(tags) == 2, tags
+        assert len(outcome.resource["meta"]["security"]) == 2
