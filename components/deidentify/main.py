@@ -51,6 +51,8 @@ SKIPPED_NAMES = frozenset({"log.ndjson", "manifest.json"})
 DEFAULT_RUNNER = "FnApiRunner"
 LOCAL_RUNNER_ALIASES = frozenset({"DirectRunner", "directrunner", "direct"})
 REID_MAP_FILE = "reid_map.ndjson"
+# Text outputs the residual-PHI scan reads (DICOM is binary: its lane checks each file itself).
+SCANNED_OUTPUTS = ("*.ndjson", "device_logs/*", "documents/*.json")
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -172,10 +174,11 @@ def work_directory(options: Any) -> str:
 
 
 def delete_outputs(output_dir: str) -> int:
-    """Deletes the de-identified NDJSON files (used when the residual-PHI scan fails)."""
+    """Deletes the de-identified files, NDJSON and every lane's (used when the residual-PHI scan fails)."""
     from apache_beam.io.filesystems import FileSystems
 
-    paths = [m.path for m in FileSystems.match([FileSystems.join(output_dir, "*.ndjson")])[0].metadata_list]
+    patterns = [FileSystems.join(output_dir, name) for name in (*SCANNED_OUTPUTS, "dicom/*")]
+    paths = [m.path for match in FileSystems.match(patterns) for m in match.metadata_list]
     if paths:
         FileSystems.delete(paths)
     return len(paths)
@@ -273,9 +276,12 @@ def run_stage(args: argparse.Namespace, beam_args: Sequence[str]) -> dict[str, A
         if reid_path is not None and os.path.exists(reid_path):
             os.chmod(reid_path, 0o600)
         stats = pipeline.read_json(FileSystems.join(work_dir, pipeline.STATS_FILE))
-        scanned = [FileSystems.join(args.dead_letter, DEAD_LETTER_FILE)]
-        if FileSystems.match([FileSystems.join(args.output_data, "*.ndjson")])[0].metadata_list:
-            scanned.insert(0, FileSystems.join(args.output_data, "*.ndjson"))
+        scanned = [
+            pattern
+            for pattern in (FileSystems.join(args.output_data, name) for name in SCANNED_OUTPUTS)
+            if FileSystems.match([pattern])[0].metadata_list
+        ]
+        scanned.append(FileSystems.join(args.dead_letter, DEAD_LETTER_FILE))
         print("deidentify: residual-PHI scan of the written outputs", file=sys.stderr)
         pipeline.run_scan(input_files, scanned, work_dir, options, the_policy)
         scan = pipeline.read_json(FileSystems.join(work_dir, pipeline.SCAN_FILE))

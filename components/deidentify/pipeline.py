@@ -814,7 +814,8 @@ class ScanFn(beam.DoFn):
     def process(self, element: tuple[str, list[tuple[int, bytes]]], bloom: phi_scan.Bloom) -> Iterator[Any]:
         """Scans one batch of output lines."""
         file_name, batch = element
-        kind = os.path.basename(file_name).split(".", 1)[0]
+        lane = os.path.basename(os.path.dirname(file_name))
+        kind = lane if lane in LANE_DIRS else os.path.basename(file_name).split(".", 1)[0]
         self._stats["lines\t" + kind] += len(batch)
         for _, raw in batch:
             for key, flag, length in phi_scan.line_candidates_bytes(raw.rstrip(b"\r\n"), bloom):

@@ -125,6 +125,7 @@ def build_report(
     dead = _by_prefix(stats, pipeline.DEAD_PREFIX)
     read_back = _by_prefix(scan, "lines\t")
     dead_lines = read_back.pop("dead_letter", 0)
+    lane_lines = {lane: read_back.pop(lane) for lane in pipeline.LANE_DIRS if lane in read_back}
     hits = Counter[str]()
     hits_by_type = Counter[str]()
     for name, value in _by_prefix(scan, "hits\t").items():
@@ -215,7 +216,8 @@ def build_report(
                 "estimated_false_positive_ppm": scan.get("bloom_fpr_ppm", 0),
                 "candidates_confirmed_exactly": scan.get("bloom_candidates", 0),
             },
-            "lines_scanned": sum(read_back.values()) + dead_lines,
+            "lines_scanned": sum(read_back.values()) + dead_lines + sum(lane_lines.values()),
+            "lane_lines_scanned": lane_lines,
             "hits": {c: hits.get(c, 0) for c in PHI_CATEGORIES},
             "hits_by_file_type": dict(sorted(hits_by_type.items())),
             "single_words_in_coded_vocabulary": scan.get("vocabulary_matches", 0),

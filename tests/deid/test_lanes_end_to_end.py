@@ -117,3 +117,11 @@ def test_clinicians_and_facilities_are_redacted_from_document_text() -> None:
     assert text == "[FACILITY]\nAttending: [CLINICIAN]. [CLINICIAN] agreed."
     assert counts == {"facility": 1, "clinician": 2}
     assert redact_care_team("Hypertension, metformin 500 mg")[0] == "Hypertension, metformin 500 mg"
+
+
+def test_residual_scan_reads_the_text_lanes_outputs_too(run: dict[str, Path]) -> None:
+    report = json.loads(run["report"].read_text())
+    scan, lanes = report["residual_phi_scan"], report["lanes"]
+    assert scan["passed"]
+    assert scan["lane_lines_scanned"]["device_logs"] == lanes["device_logs"]["out"]
+    assert scan["lane_lines_scanned"]["documents"] == lanes["documents"]["out"]
