@@ -466,7 +466,15 @@ def line_candidates(line: str, bloom: Bloom) -> Iterator[tuple[str, str, int]]:
 
 
 def line_candidates_bytes(raw: bytes, bloom: Bloom) -> list[tuple[str, str, int]]:
-    """``line_candidates`` of one output line as read (UTF-8 bytes, no line end): no decode needed.
+    """``line_candidates`` of one output line as read (UTF-8 bytes, no line end): no decode needed."""
+    return [candidate[:3] for candidate in line_candidates_with_first_token(raw, bloom)]
+
+
+def line_candidates_with_first_token(raw: bytes, bloom: Bloom) -> list[tuple[str, str, int, bytes]]:
+    """``(seq_key, flag, token count, first token)`` of each Bloom-positive sequence of one output line.
+
+    The first token (case-folded UTF-8) lets the confirmation pass skip input lines that cannot
+    hold the value (``may_hold_any``).
 
     Tiers: (1) distinct tokens of the whole line against the cached first-token results: no
     positive and no attachment means no candidate (most lines); (2) positive sequences of the
@@ -493,11 +501,34 @@ def line_candidates_bytes(raw: bytes, bloom: Bloom) -> list[tuple[str, str, int]
     return []
 
 
-def _keyed(found: list[tuple[bytes, ...]], flag: str) -> list[tuple[str, str, int]]:
-    return [(_bytes_key(parts), flag, len(parts)) for parts in found]
+def _keyed(found: list[tuple[bytes, ...]], flag: str) -> list[tuple[str, str, int, bytes]]:
+    return [(_bytes_key(parts), flag, len(parts), parts[0]) for parts in found]
 
 
-def _parsed_candidates(raw: bytes, bloom: Bloom) -> list[tuple[str, str, int]]:
+def first_token_filter(first_tokens: Iterable[bytes]) -> re.Pattern[bytes] | None:
+    """A pattern one of the candidates' first tokens matches in an input line (see ``may_hold_any``).
+
+    Returns None when there is no ASCII first token (no ASCII, escape-free line can hold a value).
+    """
+    ascii_tokens = sorted({token for token in first_tokens if token.isascii()}, key=len, reverse=True)
+    if not ascii_tokens:
+        return None
+    return re.compile(b"|".join(re.escape(token) for token in ascii_tokens), re.IGNORECASE)
+
+
+def may_hold_any(raw: bytes, pattern: re.Pattern[bytes] | None) -> bool:
+    """A necessary condition for an input line to hold a value whose first token is a candidate's.
+
+    An ASCII line without JSON escapes holds each value's letters as written, so the value's
+    first token occurs in it ignoring ASCII case. Any other line (non-ASCII characters may
+    case-fold to ASCII, escapes hide letters) must be parsed.
+    """
+    if not raw.isascii() or b"\\" in raw:
+        return True
+    return pattern is not None and pattern.search(raw) is not None
+
+
+def _parsed_candidates(raw: bytes, bloom: Bloom) -> list[tuple[str, str, int, bytes]]:
     """Tier 3: candidates of the parsed line, vocabulary/free text and attachments told apart."""
     try:
         document = orjson.loads(raw)
@@ -505,7 +536,7 @@ def _parsed_candidates(raw: bytes, bloom: Bloom) -> list[tuple[str, str, int]]:
         document = None
     if not isinstance(document, (dict, list)):
         return _keyed(bloom.token_candidates(_fold(raw).split()), STRICT)
-    found: list[tuple[str, str, int]] = []
+    found: list[tuple[str, str, int, bytes]] = []
     vocabulary: list[str] = []
     # Removed strings become a NUL string ("\u0000" in orjson's output): no sequence spans one.
     blanked = orjson.dumps(_blank_vocabulary(document, vocabulary, blank="\x00"))

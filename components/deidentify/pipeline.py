@@ -90,6 +90,7 @@ BATCH_LINES = 1000  # input lines per element: one DoFn call de-identifies a bat
 DEAD = "dead"
 KNOWN = "known"
 LINKS = "links"
+FIRST_TOKENS = "first_tokens"
 REDACTOR_CACHE = 512  # patients' free-text redactors kept per worker
 STATS = "stats"
 LATEST = "latest"
@@ -752,24 +753,33 @@ class MatchCandidateValuesFn(beam.DoFn):
     """Yields ``(seq_key, category)`` of the input values whose key is a candidate's (exact confirmation).
 
     The inputs are read and their values extracted a second time, instead of keeping every value
-    for a join: only values matching one of the (few) Bloom-positive candidates leave this step,
-    and a batch is skipped unparsed when there is no candidate at all.
+    for a join: only values matching one of the (few) Bloom-positive candidates leave this step.
+    A batch is skipped when there is no candidate at all, and a line is parsed only when it may
+    hold a candidate's first token (``phi_scan.may_hold_any``).
     """
 
     def __init__(self, min_token_chars: int) -> None:
         self._min = min_token_chars
         self._source: int | None = None
         self._keys: frozenset[str] = frozenset()
+        self._filter: re.Pattern[bytes] | None = None
 
-    def process(self, element: tuple[str, list[tuple[int, bytes]]], candidate_keys: Sequence[str]) -> Iterator[Any]:
+    def process(
+        self,
+        element: tuple[str, list[tuple[int, bytes]]],
+        candidate_keys: Sequence[str],
+        first_tokens: Sequence[bytes],
+    ) -> Iterator[Any]:
         """Extracts the values of one batch of input lines that match a candidate key."""
         if self._source != id(candidate_keys):
             self._keys = frozenset(candidate_keys)
+            self._filter = phi_scan.first_token_filter(first_tokens)
             self._source = id(candidate_keys)
         if not self._keys:
             return
         scratch: Counter[str] = Counter()
-        for category, parts in phi_values(element[1], self._min, scratch):
+        lines = [(number, raw) for number, raw in element[1] if phi_scan.may_hold_any(raw, self._filter)]
+        for category, parts in phi_values(lines, self._min, scratch):
             key = phi_scan.seq_key(parts)
             if key in self._keys:
                 yield key, category
@@ -818,9 +828,10 @@ class ScanFn(beam.DoFn):
         kind = lane if lane in LANE_DIRS else os.path.basename(file_name).split(".", 1)[0]
         self._stats["lines\t" + kind] += len(batch)
         for _, raw in batch:
-            for key, flag, length in phi_scan.line_candidates_bytes(raw.rstrip(b"\r\n"), bloom):
+            for key, flag, length, first in phi_scan.line_candidates_with_first_token(raw.rstrip(b"\r\n"), bloom):
                 self._stats["bloom_candidates"] += 1
                 yield key, (kind, flag, length)
+                yield beam.pvalue.TaggedOutput(FIRST_TOKENS, first)
 
     def finish_bundle(self) -> Iterator[Any]:
         """Emits this bundle's counts."""
@@ -867,7 +878,7 @@ def run_scan(
         )
         scan = _read_lines(pipeline, "Output", scanned, count=False).lines | "ScanOutputs" >> beam.ParDo(
             ScanFn(), side
-        ).with_outputs(STATS, main="candidates")
+        ).with_outputs(STATS, FIRST_TOKENS, main="candidates")
         scans = [scan]
         candidates = scan.candidates
         candidate_keys = (
@@ -875,8 +886,11 @@ def run_scan(
             | "CandidateKeys" >> beam.Map(lambda candidate: candidate[0])
             | "DistinctCandidateKeys" >> beam.Distinct()
         )
+        first_tokens = scan[FIRST_TOKENS] | "DistinctFirstTokens" >> beam.Distinct()
         matched = _read_lines(pipeline, "Confirm", input_files, count=False).lines | "MatchCandidates" >> beam.ParDo(
-            MatchCandidateValuesFn(min_token_chars), beam.pvalue.AsList(candidate_keys)
+            MatchCandidateValuesFn(min_token_chars),
+            beam.pvalue.AsList(candidate_keys),
+            beam.pvalue.AsList(first_tokens),
         )
         confirmed = (
             {"values": matched, "candidates": candidates}

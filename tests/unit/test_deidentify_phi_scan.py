@@ -166,3 +166,31 @@ def test_every_planted_value_of_a_generated_dataset_is_found(tmp_path: Path) -> 
         vocabulary = orjson.dumps({"note": [{"text": f"Seen:\n{text}."}]})
         assert keys <= {key for key, flag, _ in line_candidates_bytes(strict, bloom) if flag == "strict"}
         assert keys <= {key for key, flag, _ in line_candidates_bytes(vocabulary, bloom) if flag == "vocabulary"}
+
+
+def test_first_token_prefilter_never_skips_a_line_holding_the_value(tmp_path: Path) -> None:
+    from components.deidentify.phi_scan import first_token_filter, may_hold_any, resource_phi_list, searchable
+
+    generate_fhir_bulk(tmp_path, patients=4, seed=11)
+    lines = [line for path in sorted(tmp_path.glob("*.ndjson")) for line in path.read_bytes().splitlines()]
+    lines.append('{"resourceType":"Patient","id":"p","name":[{"family":"\\u0051uixote"}]}'.encode())
+    lines.append('{"resourceType":"Patient","id":"q","name":[{"family":"ſmith"}]}'.encode())
+    checked = 0
+    for raw in lines:
+        for _, value in resource_phi_list(orjson.loads(raw)):
+            parts = searchable(value)
+            if parts is not None:
+                assert may_hold_any(raw, first_token_filter([parts[0].encode()])), value
+                checked += 1
+    assert checked > 100
+
+
+def test_first_token_prefilter_skips_plain_lines_without_the_token() -> None:
+    from components.deidentify.phi_scan import first_token_filter, may_hold_any
+
+    pattern = first_token_filter([b"white", "é".encode()])
+    assert may_hold_any(b'{"display":"WHITE"}', pattern)
+    assert not may_hold_any(b'{"display":"Black"}', pattern)
+    assert may_hold_any('{"display":"Noé"}'.encode(), pattern)  # not ASCII: always parsed
+    assert may_hold_any(b'{"display":"a\\nb"}', pattern)  # escapes: always parsed
+    assert not may_hold_any(b'{"display":"Black"}', first_token_filter(["é".encode()]))
