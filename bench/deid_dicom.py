@@ -7,13 +7,20 @@ de-identifies and writes bytes. Residual PHI: clinflow's own identifying-value l
 searched in each tool's output (elements incl. private/file meta, then raw bytes), counted by
 category:attribute (no values printed).
 
-Usage: .venvs/platform/bin/python bench/deid_dicom.py [--synthetic 60]
+Timing: wall files/s (time.perf_counter) and CPU ms/file (time.process_time, less sensitive to other load on
+a shared machine) per tool, each tool over the whole corpus --repeat times, the tools one after another in
+--rounds rounds; ratios are clinflow / peer per round, then the median. ``clinflow+check`` is what the
+deidentify stage's DICOM lane does per file: de-identify, then the residual self-check (identifying values
+of the input searched in the output).
+
+Usage: .venvs/platform/bin/python bench/deid_dicom.py [--synthetic 60] [--repeat 2] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import sys
 import tempfile
 import time
@@ -72,8 +79,22 @@ def corpus(tmp: Path, synthetic: int) -> list[Path]:
     return keep
 
 
+HEADER_POLICY = parse_dicom_policy({"ocr": False})
+
+
 def run_clinflow(data: bytes) -> bytes | None:
-    return deidentify_dicom(data, KEY, parse_dicom_policy({"ocr": False}), {}).output
+    return deidentify_dicom(data, KEY, HEADER_POLICY, {}).output
+
+
+def run_clinflow_checked(data: bytes) -> bytes | None:
+    """De-identify plus the lane's residual self-check (components/deidentify/lanes.py DicomFileFn)."""
+    output = deidentify_dicom(data, KEY, HEADER_POLICY, {}).output
+    if output is None:
+        return None
+    source = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, force=True)
+    if sum(scan_dicom_output(output, dicom_identifying_values(source, HEADER_POLICY)).values()):
+        return None  # the lane sends it to the dead letter
+    return output
 
 
 def make_dicognito():
@@ -110,6 +131,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--synthetic", type=int, default=60)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -118,43 +140,72 @@ def main() -> int:
         files = corpus(tmp, args.synthetic)
         inputs = [(path, path.read_bytes()) for path in files]
         values = {path: dicom_identifying_values(pydicom.dcmread(BytesIO(data), force=True)) for path, data in inputs}
-        tools = {"clinflow": run_clinflow, "dicognito": make_dicognito(), "deid": make_deid(tmp)}
-        rates: dict[str, float] = {}
+        tools = {
+            "clinflow": run_clinflow,
+            "clinflow+check": run_clinflow_checked,
+            "dicognito": make_dicognito(),
+            "deid": make_deid(tmp),
+        }
+        rates: dict[str, list[float]] = {name: [] for name in tools}
+        cpu_ms: dict[str, list[float]] = {name: [] for name in tools}
         residual: dict[str, Counter[str]] = {}
         failures: Counter[str] = Counter()
-        for name, tool in tools.items():
-            outputs: dict[Path, bytes | None] = {}
-            start = time.perf_counter()
-            for _ in range(args.repeat):
-                for path, data in inputs:
-                    try:
-                        outputs[path] = tool(data)
-                    except Exception:
-                        outputs[path] = None
-            elapsed = time.perf_counter() - start
-            rates[name] = len(inputs) * args.repeat / elapsed
-            hits: Counter[str] = Counter()
-            for path, output in outputs.items():
-                if output is None:
-                    failures[name] += 1
+        count = len(inputs) * args.repeat
+        for round_no in range(1, args.rounds + 1):
+            for name, tool in tools.items():
+                outputs: dict[Path, bytes | None] = {}
+                start, cpu_start = time.perf_counter(), time.process_time()
+                for _ in range(args.repeat):
+                    for path, data in inputs:
+                        try:
+                            outputs[path] = tool(data)
+                        except Exception:
+                            outputs[path] = None
+                elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+                rates[name].append(count / elapsed)
+                cpu_ms[name].append(cpu / count * 1000)
+                print(
+                    f"round {round_no} {name:15s} {rates[name][-1]:8.1f} files/s {cpu_ms[name][-1]:7.2f} CPU ms/file"
+                    f"  ({len(inputs)} files x {args.repeat}, {elapsed:.2f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if round_no > 1:
                     continue
-                hits.update(scan_dicom_output(output, values[path]))
-            residual[name] = hits
-            print(
-                f"{name:10s} {rates[name]:8.1f} files/s  ({len(inputs)} files x {args.repeat}, {elapsed:.2f} s)"
-                f"  failed/not written: {failures[name]}",
-                file=sys.stderr,
-                flush=True,
-            )
+                hits: Counter[str] = Counter()
+                for path, output in outputs.items():
+                    if output is None:
+                        failures[name] += 1
+                        continue
+                    hits.update(scan_dicom_output(output, values[path]))
+                residual[name] = hits
         print(f"\ncorpus: {len(inputs)} files (BurnedInAnnotation=YES excluded); clinflow OCR off")
-        print(f"{'tool':10s} {'files/s':>9s} {'clinflow x':>11s} {'failed':>7s} {'residual hits':>14s}")
+        print(f"{args.rounds} rounds; x = clinflow speed / tool speed: wall (files/s) and CPU (CPU ms/file)")
+        print(
+            f"{'tool':15s} {'files/s':>8s} {'CPU ms':>7s} {'wall x per round':>18s} {'CPU x per round':>18s}"
+            f" {'wall x':>7s} {'CPU x':>6s} {'+check wall x':>13s} {'+check CPU x':>12s}"
+            f" {'failed':>6s} {'residual':>8s}"
+        )
+
+        def ratios(mine: str, name: str) -> tuple[list[float], list[float]]:
+            wall = [a / b for a, b in zip(rates[mine], rates[name], strict=True)]
+            cpu_x = [b / a for a, b in zip(cpu_ms[mine], cpu_ms[name], strict=True)]
+            return wall, cpu_x
+
         for name in tools:
-            ratio = rates["clinflow"] / rates[name]
-            print(f"{name:10s} {rates[name]:9.1f} {ratio:11.2f} {failures[name]:7d} {sum(residual[name].values()):14d}")
+            wall, cpu_x = ratios("clinflow", name)
+            checked_wall, checked_cpu = ratios("clinflow+check", name)
+            print(
+                f"{name:15s} {statistics.median(rates[name]):8.1f} {statistics.median(cpu_ms[name]):7.2f}"
+                f" {' '.join(f'{x:5.2f}' for x in wall):>18s} {' '.join(f'{x:5.2f}' for x in cpu_x):>18s}"
+                f" {statistics.median(wall):7.2f} {statistics.median(cpu_x):6.2f}"
+                f" {statistics.median(checked_wall):13.2f} {statistics.median(checked_cpu):12.2f}"
+                f" {failures[name]:6d} {sum(residual[name].values()):8d}"
+            )
         for name in tools:
             print(f"\nresidual identifying values in {name} output (category:attribute -> count):")
-            for where, count in sorted(residual[name].items(), key=lambda item: (-item[1], item[0])):
-                print(f"  {where:55s} {count}")
+            for where, hits_count in sorted(residual[name].items(), key=lambda item: (-item[1], item[0])):
+                print(f"  {where:55s} {hits_count}")
             if not residual[name]:
                 print("  none")
         ocr_files = [p for p in files if p.name in ("RGB_IMAGE.dcm", "ctbrain1.dcm", "CT_small.dcm")]

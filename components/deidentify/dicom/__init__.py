@@ -6,4 +6,5 @@ Public entry points (pure functions, no I/O besides the bytes passed in):
 - :func:`components.deidentify.dicom.deidentify.dicom_identifying_values` and
   :func:`components.deidentify.dicom.deidentify.scan_dicom_output`: the residual-PHI scan.
 - :func:`components.deidentify.dicom.policy.parse_dicom_policy`: the ``dicom:`` policy section.
+- :func:`components.deidentify.dicom.writer.write_part10`: the raw-copying Part 10 writer it uses.
 """

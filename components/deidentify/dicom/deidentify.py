@@ -19,6 +19,15 @@ are resolved), recursively into sequences:
   (CID 7050) and, when dates shift, ``LongitudinalTemporalInformationModified = MODIFIED`` are set.
 
 Files with pixel data go through burned-in text detection first (:mod:`.burned_in`).
+
+Speed: the file is parsed once and nothing is decoded up front. One pass over the elements applies the
+action looked up per (tag, VR) in a per-policy cache; elements the profile keeps (pixel data included)
+stay pydicom ``RawDataElement`` bytes and are copied to the output unchanged by :mod:`.writer`; the values
+it changes (UIDs, shifted dates, dummies, empties) are written as new raw bytes. Only values that need
+pydicom's rules are decoded: cleaned free text (against the input's identifying words, computed on first
+use), Patient ID/Name, retained private values, and tags whose VR pydicom must resolve (implicit-VR
+ambiguous or unknown tags, explicit ``UN``). Output is semantically identical to decoding everything and
+re-encoding with pydicom (``tests/dicom/test_writer.py``), except that the 128-byte preamble is zeroed.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from io import BytesIO
@@ -34,13 +43,15 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.dataelem import DataElement
+from pydicom.datadict import DicomDictionary
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from components.deidentify.dicom import burned_in
+from components.deidentify.dicom import burned_in, writer
 from components.deidentify.dicom.linkage import PatientLink, link_patient
 from components.deidentify.dicom.policy import DicomPolicy
 from components.deidentify.dicom.profile import SAFE_UNLISTED_VRS, resolve_action, unlisted_action
@@ -152,19 +163,101 @@ class _Context:
     table: ProfileTable
     link: PatientLink
     mrn: str
-    scrub_words: frozenset[str]
+    scrub_source: Callable[[], frozenset[str]]
+    plans: dict[tuple[int, str], _Plan]
     counts: Counter[str] = field(default_factory=Counter)
+    cached_scrub_words: frozenset[str] | None = None
+
+    @property
+    def scrub_words(self) -> frozenset[str]:
+        """The identifying words of the input, computed on first use (only cleaned free text needs them)."""
+        if self.cached_scrub_words is None:
+            self.cached_scrub_words = self.scrub_source()
+        return self.cached_scrub_words
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the table says for one (tag, VR) under one policy; computed once and cached.
+
+    Attributes:
+        action: ``D Z X K C U`` (for unlisted UIDs, ``U`` before the standard-UID check).
+        counts: Counter keys to increment (the action and ``option:<name>`` rows).
+        removes_group: An ``X`` on the curve/overlay data rows (the whole repeating group goes).
+        unlisted: The table does not list the tag.
+    """
+
+    action: str
+    counts: tuple[str, ...]
+    removes_group: bool
+    unlisted: bool
+
+
+_UNLISTED_COUNT = {"K": "unlisted_kept", "C": "unlisted_cleaned", "U": "unlisted_uid_remapped", "X": "unlisted_removed"}
+_PLAN_CACHES: dict[tuple[frozenset[str], int], dict[tuple[int, str], _Plan]] = {}
+_STANDARD_UIDS: dict[str, bool] = {}
+_UID_MAP: dict[tuple[bytes, str], str] = {}
+_CACHE_LIMIT = 200_000
+
+
+def _plans_for(policy: DicomPolicy, table: ProfileTable) -> dict[tuple[int, str], _Plan]:
+    cache_key = (policy.options, id(table))
+    plans = _PLAN_CACHES.get(cache_key)
+    if plans is None:
+        plans = _PLAN_CACHES[cache_key] = {}
+    return plans
+
+
+def _keyword(tag: int) -> str:
+    entry = DicomDictionary.get(tag)
+    return entry[4] if entry is not None else ""
+
+
+def _make_plan(table: ProfileTable, options: frozenset[str], tag: int, vr: str) -> _Plan:
+    keyword = _keyword(tag)
+    row = table.lookup(tag)
+    if row is None:
+        action = unlisted_action(keyword, vr)
+        return _Plan(action, (), False, True)
+    action = resolve_action(row, options, keyword)
+    basic = row.basic if "/" not in row.basic else action
+    counts = [action]
+    if action != basic:
+        counts.extend(f"option:{option}" for option in options if option in row.options)
+    removes_group = action == "X" and row.id in ("50xxxxxx", "60xx3000")
+    return _Plan(action, tuple(counts), removes_group, False)
+
+
+def _plan(ctx: _Context, tag: int, vr: str) -> _Plan:
+    plan = ctx.plans.get((tag, vr))
+    if plan is None:
+        plan = ctx.plans[(tag, vr)] = _make_plan(ctx.table, ctx.policy.options, tag, vr)
+    return plan
 
 
 def _is_standard_uid(value: str) -> bool:
-    return UID(value).name != value
+    known = _STANDARD_UIDS.get(value)
+    if known is None:
+        if len(_STANDARD_UIDS) > _CACHE_LIMIT:
+            _STANDARD_UIDS.clear()
+        known = _STANDARD_UIDS[value] = UID(value).name != value
+    return known
+
+
+def _pseudonymous_uid(key: bytes, value: str) -> str:
+    mapped = _UID_MAP.get((key, value))
+    if mapped is None:
+        if len(_UID_MAP) > _CACHE_LIMIT:
+            _UID_MAP.clear()
+        mapped = _UID_MAP[(key, value)] = pseudonymous_uid(key, value)
+    return mapped
 
 
 def _remap_uid(ctx: _Context, value: str) -> str:
     if not value or _is_standard_uid(value):
         return value
     ctx.counts["uids_remapped"] += 1
-    return pseudonymous_uid(ctx.key, value)
+    return _pseudonymous_uid(ctx.key, value)
 
 
 def _values(elem: DataElement) -> list[Any]:
@@ -216,10 +309,121 @@ def _clean_text(ctx: _Context, value: str) -> str:
     return " ".join(kept)
 
 
+# --------------------------------------------------------------------------- raw (undecoded) elements
+#
+# Elements the profile keeps stay pydicom RawDataElements (never decoded, written back byte for byte);
+# values the profile changes are written as new raw bytes. Only values whose text matters beyond ASCII
+# (cleaned free text, Patient ID/Name, retained private values) or whose VR needs pydicom's rules
+# (implicit-VR ambiguous or unknown tags, explicit UN) are decoded into DataElements.
+
+_RAW_VRS = STRING_VRS | NUMERIC_VRS | (BINARY_VRS - {"UN"}) | {"AT"}
+_ZERO_BYTES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "UV": 8, "SV": 8}
+
+
+def _raw_vr(elem: RawDataElement) -> str | None:
+    """The VR pydicom would give a raw public element, or ``None`` when pydicom's own rules are needed."""
+    vr = elem.VR
+    if vr is None:
+        entry = DicomDictionary.get(elem.tag)
+        vr = entry[0] if entry is not None else None
+    return vr if vr in _RAW_VRS else None
+
+
+def _raw_strings(elem: RawDataElement) -> list[str]:
+    """The values of an ASCII-valued raw element, as pydicom decodes them (``[]`` when empty)."""
+    text = (elem.value or b"").decode("latin-1").rstrip(" \x00")
+    return text.split("\\") if text else []
+
+
+def _set_raw(ds: Dataset, elem: RawDataElement, vr: str, data: bytes) -> None:
+    ds._dict[elem.tag] = elem._replace(VR=vr, length=len(data), value=data)
+
+
+def _set_raw_strings(ds: Dataset, elem: RawDataElement, vr: str, values: list[str]) -> None:
+    data = "\\".join(values).encode("latin-1")
+    if len(data) % 2:
+        data += b"\x00" if vr == "UI" else b" "
+    _set_raw(ds, elem, vr, data)
+
+
+def _raw_uids(elem: RawDataElement) -> list[str]:
+    return [value.strip() for value in _raw_strings(elem)]
+
+
+def _raw_dummy(ctx: _Context, ds: Dataset, elem: RawDataElement, vr: str) -> bool:
+    """Writes the dummy value of :func:`_dummy`; False when the VR needs the DataElement path."""
+    if vr == "UI":
+        values = [_remap_uid(ctx, value) for value in _raw_uids(elem)]
+        _set_raw_strings(ds, elem, vr, values or [_pseudonymous_uid(ctx.key, "dummy")])
+    elif vr in NUMERIC_VRS:
+        _set_raw(ds, elem, vr, b"\x00" * _ZERO_BYTES[vr])
+    elif vr in BINARY_VRS:
+        _set_raw(ds, elem, vr, b"\x00\x00")
+    elif vr in STRING_VRS:
+        _set_raw_strings(ds, elem, vr, [DUMMY_TEXT if vr == "PN" else DUMMY_BY_VR.get(vr, DUMMY_TEXT)])
+    else:
+        return False
+    return True
+
+
+def _raw_temporal(ctx: _Context, ds: Dataset, elem: RawDataElement, vr: str) -> None:
+    """The ``C`` action on a raw DA/DT/TM element (see :func:`_shift_temporal`)."""
+    if vr == "TM" and "retain_long_modified_dates" in ctx.policy.options:
+        return
+    if "retain_long_modified_dates" in ctx.policy.options:
+        shifter = shift_date if vr == "DA" else shift_datetime
+        shifted = [shifter(value, ctx.link.offset_days) for value in _raw_strings(elem)]
+        if not any(value is None for value in shifted):
+            _set_raw_strings(ds, elem, vr, [value for value in shifted if value is not None])
+            ctx.counts["dates_shifted"] += len(shifted)
+            return
+    del ds._dict[elem.tag]
+    ctx.counts["dates_removed"] += 1
+
+
+def _raw_ages(ctx: _Context, ds: Dataset, elem: RawDataElement, vr: str) -> None:
+    before = _raw_strings(elem)
+    capped = [_cap_age(value) for value in before]
+    changed = sum(new != old.strip() for new, old in zip(capped, before, strict=True))
+    if changed:
+        _set_raw_strings(ds, elem, vr, capped)
+    ctx.counts["ages_capped"] += changed
+
+
+def _apply_raw(ctx: _Context, ds: Dataset, elem: RawDataElement, vr: str, action: str) -> bool:
+    """Applies an action to a raw element; False when it needs the DataElement path (:func:`_apply`)."""
+    if action == "X":
+        del ds._dict[elem.tag]
+    elif action == "K":
+        if vr == "AS":
+            _raw_ages(ctx, ds, elem, vr)
+    elif action == "Z":
+        _set_raw(ds, elem, vr, b"")
+    elif action == "D" or (action == "U" and vr != "UI"):
+        return _raw_dummy(ctx, ds, elem, vr)
+    elif action == "U":
+        _set_raw_strings(ds, elem, vr, [_remap_uid(ctx, value) for value in _raw_uids(elem)])
+    elif vr in ("DA", "DT", "TM"):  # C
+        _raw_temporal(ctx, ds, elem, vr)
+    elif vr == "UI":
+        _set_raw_strings(ds, elem, vr, [_remap_uid(ctx, value) for value in _raw_uids(elem)])
+    elif vr == "AS":
+        _set_raw_strings(ds, elem, vr, [_cap_age(value) for value in _raw_strings(elem)])
+    elif vr in BINARY_VRS:
+        del ds._dict[elem.tag]
+        ctx.counts["C_removed_unverifiable"] += 1
+    elif vr in TEXT_VRS:
+        return False  # cleaned free text: decoded with the character set
+    return True
+
+
+# --------------------------------------------------------------------------- DataElement path
+
+
 def _dummy(ctx: _Context, elem: DataElement) -> None:
     vr = elem.VR
     if vr == "UI":
-        _set_values(elem, [_remap_uid(ctx, str(v)) for v in _values(elem)] or [pseudonymous_uid(ctx.key, "dummy")])
+        _set_values(elem, [_remap_uid(ctx, str(v)) for v in _values(elem)] or [_pseudonymous_uid(ctx.key, "dummy")])
     elif vr in NUMERIC_VRS:
         elem.value = 0
     elif vr in BINARY_VRS:
@@ -273,75 +477,85 @@ def _clean(ctx: _Context, ds: Dataset, elem: DataElement) -> None:
         ctx.counts["C_removed_unverifiable"] += 1
 
 
-def _private(ctx: _Context, ds: Dataset, elem: DataElement) -> None:
-    tag = elem.tag
+def _private(ctx: _Context, ds: Dataset, tag: BaseTag) -> None:
     keep = False
-    if "retain_safe_private" in ctx.policy.options and tag.element >= 0x1000:
-        creator_elem = ds.get((tag.group, tag.element >> 8))
+    element = tag & 0xFFFF
+    if "retain_safe_private" in ctx.policy.options and element >= 0x1000:
+        group = tag >> 16
+        creator_elem = ds.get((group, element >> 8))
         creator = str(creator_elem.value).strip() if creator_elem is not None else ""
-        if (creator, tag.group, tag.element & 0xFF) in SAFE_PRIVATE:
+        if (creator, group, element & 0xFF) in SAFE_PRIVATE:
+            elem = ds[tag]
             values = [v.decode("latin-1") if isinstance(v, bytes) else v for v in _values(elem)]
             keep = elem.VR in SAFE_UNLISTED_VRS or all(_NUMERIC_TEXT.match(str(v)) for v in values)
     if keep:
         ctx.counts["private_retained"] += 1
     else:
-        del ds[tag]
+        del ds._dict[tag]
         ctx.counts["private_removed"] += 1
 
 
 def _drop_orphan_private_creators(ds: Dataset) -> None:
-    tags = [elem.tag for elem in ds]
-    used = {(tag.group, tag.element >> 8) for tag in tags if tag.is_private and tag.element >= 0x1000}
-    for tag in list(ds.keys()):
-        if tag.is_private and 0x0010 <= tag.element <= 0x00FF and (tag.group, tag.element) not in used:
-            del ds[tag]
+    tags = [int(tag) for tag in ds._dict]
+    used = {(tag >> 16, (tag & 0xFFFF) >> 8) for tag in tags if tag >> 16 & 1 and tag & 0xFFFF >= 0x1000}
+    for tag in tags:
+        if tag >> 16 & 1 and 0x0010 <= tag & 0xFFFF <= 0x00FF and (tag >> 16, tag & 0xFFFF) not in used:
+            del ds._dict[tag]  # type: ignore[arg-type]
 
 
 def _process(ctx: _Context, ds: Dataset) -> None:
+    """Applies the profile to every element of ``ds`` (one pass; sequences recursively)."""
     removed_groups: set[int] = set()
-    for tag in list(ds.keys()):
-        if tag not in ds:
+    elements = ds._dict
+    for tag in list(elements):
+        elem = elements.get(tag)
+        if elem is None:
             continue
-        elem = ds[tag]
-        if tag.is_private:
-            if 0x0010 <= tag.element <= 0x00FF:
+        tag_int = int(tag)
+        group, element = tag_int >> 16, tag_int & 0xFFFF
+        if group & 1:
+            if 0x0010 <= element <= 0x00FF:
                 continue  # private creators: kept only while a retained element uses them (below)
-            _private(ctx, ds, elem)
+            _private(ctx, ds, tag)
             continue
-        if tag.element == 0:
-            del ds[tag]  # group length, deprecated and stale after editing
+        if element == 0:
+            del elements[tag]  # group length, deprecated and stale after editing
             continue
-        if tag == PATIENT_ID:
+        if tag_int == PATIENT_ID:
+            elem = ds[tag]
             mrn = str(elem.value or "")
             elem.value = ctx.link.pseudonym if mrn == ctx.mrn else link_patient(ctx.key, mrn, {}).pseudonym
             ctx.counts["D"] += 1
             continue
-        if tag == PATIENT_NAME:
-            elem.value = "ANON^" + ctx.link.pseudonym[:16].upper()
+        if tag_int == PATIENT_NAME:
+            ds[tag].value = "ANON^" + ctx.link.pseudonym[:16].upper()
             ctx.counts["D"] += 1
             continue
-        keyword = elem.keyword
-        row = ctx.table.lookup(int(tag))
-        if row is None:
-            action = unlisted_action(keyword, elem.VR)
-            if action == "U" and all(_is_standard_uid(str(v)) for v in _values(elem)):
-                action = "K"
-            ctx.counts[f"unlisted_{ {'K': 'kept', 'C': 'cleaned', 'U': 'uid_remapped', 'X': 'removed'}[action] }"] += 1
+        vr = _raw_vr(elem) if type(elem) is RawDataElement else None
+        if vr is None:
+            elem = ds[tag]  # decoded with pydicom's VR rules
+            vr = elem.VR
+        plan = _plan(ctx, tag_int, vr)
+        action = plan.action
+        if plan.unlisted:
+            if action == "U":
+                values = _raw_uids(elem) if isinstance(elem, RawDataElement) else [str(v) for v in _values(elem)]
+                if all(_is_standard_uid(value) for value in values):
+                    action = "K"
+            ctx.counts[_UNLISTED_COUNT[action]] += 1
         else:
-            action = resolve_action(row, ctx.policy.options, keyword)
-            basic = row.basic if "/" not in row.basic else action
-            if action != basic:
-                for option in ctx.policy.options:
-                    if option in row.options:
-                        ctx.counts[f"option:{option}"] += 1
-            ctx.counts[action] += 1
-            if action == "X" and row.id in ("50xxxxxx", "60xx3000"):
-                removed_groups.add(tag.group)
-        _apply(ctx, ds, elem, action)
-    for tag in list(ds.keys()):
-        if tag.group in removed_groups:
-            del ds[tag]
-            ctx.counts["graphics_group_removed"] += 1
+            for name in plan.counts:
+                ctx.counts[name] += 1
+            if plan.removes_group:
+                removed_groups.add(group)
+        if type(elem) is RawDataElement and _apply_raw(ctx, ds, elem, vr, action):
+            continue
+        _apply(ctx, ds, ds[tag], action)
+    if removed_groups:
+        for tag in list(elements):
+            if tag >> 16 in removed_groups:
+                del elements[tag]
+                ctx.counts["graphics_group_removed"] += 1
     _drop_orphan_private_creators(ds)
 
 
@@ -383,22 +597,44 @@ def _code_item(code: tuple[str, str]) -> Dataset:
     return item
 
 
-def _mark_deidentified(ds: Dataset, policy: DicomPolicy, table: ProfileTable, pixels_cleaned: bool) -> None:
+def _marks(policy: DicomPolicy, table: ProfileTable, pixels_cleaned: bool) -> Dataset:
+    """The elements that record the de-identification (PS3.15 E.1.1 and CID 7050)."""
+    marks = Dataset()
     codes = [CODE_BASIC]
     if pixels_cleaned:
         codes.append(CODE_CLEAN_PIXELS)
     codes.extend(OPTION_CODES[option] for option in sorted(policy.options) if option in OPTION_CODES)
-    ds.PatientIdentityRemoved = "YES"
+    marks.PatientIdentityRemoved = "YES"
     options = ",".join(sorted(policy.options)) or "none"
     method = f"clinflow {policy.version}; PS3.15 {table.revision} Basic Profile; options {options}"
-    ds.DeidentificationMethod = method[:64]
-    ds.DeidentificationMethodCodeSequence = Sequence([_code_item(code) for code in codes])
+    marks.DeidentificationMethod = method[:64]
+    marks.DeidentificationMethodCodeSequence = Sequence([_code_item(code) for code in codes])
     if "retain_long_modified_dates" in policy.options:
-        ds.LongitudinalTemporalInformationModified = "MODIFIED"
+        marks.LongitudinalTemporalInformationModified = "MODIFIED"
     elif "retain_long_full_dates" in policy.options:
-        ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+        marks.LongitudinalTemporalInformationModified = "UNMODIFIED"
     else:
-        ds.LongitudinalTemporalInformationModified = "REMOVED"
+        marks.LongitudinalTemporalInformationModified = "REMOVED"
+    return marks
+
+
+_RAW_MARKS: dict[tuple[frozenset[str], str, str, bool, bool], list[RawDataElement]] = {}
+
+
+def _mark_deidentified(ds: Dataset, policy: DicomPolicy, table: ProfileTable, pixels_cleaned: bool) -> None:
+    implicit, little_endian = ds.original_encoding
+    if implicit is None or not little_endian:
+        for elem in _marks(policy, table, pixels_cleaned):
+            ds[elem.tag] = elem
+        return
+    cache_key = (policy.options, policy.version, table.revision, pixels_cleaned, implicit)
+    raws = _RAW_MARKS.get(cache_key)
+    if raws is None:  # encoded once per policy and encoding, then copied into every file as raw bytes
+        raws = _RAW_MARKS[cache_key] = [
+            writer.raw_element(elem, implicit) for elem in _marks(policy, table, pixels_cleaned)
+        ]
+    for raw in raws:
+        ds._dict[raw.tag] = raw
 
 
 _WORD_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
@@ -433,8 +669,6 @@ def _read(data: bytes) -> Dataset:
         ds = pydicom.dcmread(BytesIO(data), force=True)
         if len(ds) == 0 or "SOPClassUID" not in ds:
             raise
-    for _ in ds.iterall():  # force every deferred/raw element to parse now
-        pass
     meta = getattr(ds, "file_meta", None) or FileMetaDataset()
     if "SOPClassUID" not in ds and "MediaStorageSOPClassUID" not in meta:
         raise InvalidDicomError("no SOP Class UID")
@@ -520,6 +754,30 @@ def _finish_meta(ds: Dataset, key: bytes) -> None:
     meta.ImplementationVersionName = "CLINFLOW_DEID"
 
 
+def _deidentify_header(
+    ds: Dataset,
+    key: bytes,
+    policy: DicomPolicy,
+    crosswalk: Mapping[str, str],
+    scrub_source: Callable[[], frozenset[str]] | None,
+) -> tuple[PatientLink, Counter[str]]:
+    table = load_table()
+    mrn = str(ds.get("PatientID", "") or "").strip()
+    link = link_patient(key, mrn, crosswalk)
+    if scrub_source is None:
+        words = _scrub_words(ds, policy, table)  # from the dataset before any change
+
+        def scrub_source() -> frozenset[str]:
+            return words
+
+    ctx = _Context(key, policy, table, link, mrn, scrub_source, _plans_for(policy, table))
+    _process(ctx, ds)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        _finish_meta(ds, key)
+    return link, ctx.counts
+
+
 def deidentify_dataset(
     ds: Dataset, key: bytes, policy: DicomPolicy, crosswalk: Mapping[str, str]
 ) -> tuple[PatientLink, Counter[str]]:
@@ -534,15 +792,22 @@ def deidentify_dataset(
     Returns:
         The patient link and the action counts.
     """
-    table = load_table()
-    mrn = str(ds.get("PatientID", "") or "").strip()
-    link = link_patient(key, mrn, crosswalk)
-    ctx = _Context(key, policy, table, link, mrn, _scrub_words(ds, policy, table))
-    _process(ctx, ds)
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None:
-        _finish_meta(ds, key)
-    return link, ctx.counts
+    return _deidentify_header(ds, key, policy, crosswalk, None)
+
+
+def _encode(ds: Dataset) -> bytes:
+    """The output file: the raw-copying writer when it applies, else pydicom's ``save_as``."""
+    meta = ds.file_meta
+    complete = bool(meta.get("MediaStorageSOPClassUID")) and bool(meta.get("MediaStorageSOPInstanceUID"))
+    if complete:
+        data = writer.write_part10(ds)
+        if data is not None:
+            return data
+    for _ in ds.iterall():  # pydicom re-encodes: decode every raw element first (their VRs may be implicit)
+        pass
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=complete)  # bare datasets without SOP UIDs are written as read
+    return buffer.getvalue()
 
 
 def deidentify_dicom(
@@ -552,6 +817,9 @@ def deidentify_dicom(
     crosswalk: Mapping[str, str],
 ) -> DicomResult:
     """De-identifies one DICOM file; never raises for bad input.
+
+    Elements the profile keeps (pixel data included) are copied byte for byte; only the values the
+    profile changes are decoded and re-encoded (see :mod:`.writer`).
 
     Args:
         data: The file bytes (Part 10, or a bare dataset with a SOP Class UID).
@@ -568,6 +836,10 @@ def deidentify_dicom(
     except Exception:
         return DicomResult(None, "dead_letter", "malformed_dicom", REASONS["malformed_dicom"])
     result = DicomResult(None, "deidentified")
+
+    def scrub_source() -> frozenset[str]:  # the input's identifying words, read again only when needed
+        return _scrub_words(_read(data), policy, load_table())
+
     try:
         mrn = str(ds.get("PatientID", "") or "").strip()
         link = link_patient(key, mrn, crosswalk)
@@ -576,18 +848,13 @@ def deidentify_dicom(
         if reason:
             result.outcome, result.reason_code, result.reason = "quarantined", reason, REASONS[reason]
             return result
-        link, counts = deidentify_dataset(ds, key, policy, crosswalk)
+        link, counts = _deidentify_header(ds, key, policy, crosswalk, scrub_source)
         _mark_deidentified(ds, policy, load_table(), masked)
         result.action_counts = counts
         result.study_uid = str(ds.get("StudyInstanceUID", ""))
         result.series_uid = str(ds.get("SeriesInstanceUID", ""))
         result.instance_uid = str(ds.get("SOPInstanceUID", ""))
-        buffer = BytesIO()
-        complete = bool(ds.file_meta.get("MediaStorageSOPClassUID")) and bool(
-            ds.file_meta.get("MediaStorageSOPInstanceUID")
-        )
-        ds.save_as(buffer, enforce_file_format=complete)  # bare datasets without SOP UIDs are written as read
-        result.output = buffer.getvalue()
+        result.output = _encode(ds)
     except Exception as error:  # a file must never crash the stage; the class name carries no PHI
         return DicomResult(
             None,
@@ -630,6 +897,21 @@ def _value_strings(elem: DataElement) -> list[str]:
     return out
 
 
+_ASCII_DECODED_VRS = frozenset({"AS", "CS", "DA", "DT", "TM", "UI"})
+
+
+def _fast_strings(raw: RawDataElement) -> list[str] | None:
+    """:func:`_value_strings` of a raw element whose VR pydicom decodes as plain ASCII, without decoding it.
+
+    pydicom decodes these VRs (with ``datetime_conversion`` off) as Latin-1 text without trailing
+    spaces/NULs, split at backslashes. ``None`` for every other element (decode it with pydicom).
+    """
+    vr = _raw_vr(raw)
+    if vr not in _ASCII_DECODED_VRS or pydicom.config.datetime_conversion:
+        return None
+    return [value.strip() for value in _raw_strings(raw)]
+
+
 def _worth_scanning(value: str, category: str) -> bool:
     if category == "uid":
         return bool(value) and not _is_standard_uid(value)
@@ -669,33 +951,47 @@ def dicom_identifying_values(
                 if len(part.strip()) >= 4 and part.strip().upper() != DUMMY_TEXT:
                     found[("name_part", part.strip())] = None
 
+    plans = _plans_for(policy, table)
+
     def walk(dataset: Dataset) -> None:
-        for elem in dataset:
-            if elem.VR == "SQ":
-                for item in elem.value or []:
-                    walk(item)
-                continue
-            if elem.tag.is_private:
-                if 0x0010 <= elem.tag.element <= 0x00FF:
+        elements = dataset._dict
+        for tag in sorted(elements, key=int):
+            raw = elements[tag]
+            tag_int = int(tag)
+            private = tag_int >> 16 & 1
+            if private and 0x0010 <= tag_int & 0xFFFF <= 0x00FF:
+                continue  # private creator
+            strings: list[str] | None = None
+            if isinstance(raw, RawDataElement):
+                vr = _raw_vr(raw)
+                if vr is not None and not private and (vr in ("TM", "AS") or vr not in STRING_VRS):
+                    continue  # not a string: no need to decode it
+                strings = _fast_strings(raw)
+            if strings is None:
+                elem = dataset[tag]
+                if elem.VR == "SQ":
+                    for item in elem.value or []:
+                        walk(item)
                     continue
-                for value in _value_strings(elem):
+                vr, keyword, strings = elem.VR, elem.keyword, _value_strings(elem)
+            else:
+                keyword = _keyword(tag_int)
+            if private:
+                for value in strings:
                     if not _NUMERIC_TEXT.match(value):
                         add("private", value)
                 continue
-            if elem.VR in ("TM", "AS") or elem.VR not in STRING_VRS:
+            if vr in ("TM", "AS") or vr not in STRING_VRS:
                 continue
-            row = table.lookup(int(elem.tag))
-            if row is None:
-                action = unlisted_action(elem.keyword, elem.VR)
-            else:
-                action = resolve_action(row, policy.options, elem.keyword)
-            if elem.tag in (PATIENT_ID, PATIENT_NAME):
-                action = "D"
-            if action == "K" or (action == "C" and elem.VR not in ("DA", "DT", "UI")):
-                kept_values.update(value.casefold() for value in _value_strings(elem))
+            plan = plans.get((tag_int, vr)) or plans.setdefault(
+                (tag_int, vr), _make_plan(table, policy.options, tag_int, vr)
+            )
+            action = "D" if tag_int in (PATIENT_ID, PATIENT_NAME) else plan.action
+            if action == "K" or (action == "C" and vr not in ("DA", "DT", "UI")):
+                kept_values.update(value.casefold() for value in strings)
                 continue
-            category = _category(elem.VR, elem.keyword)
-            for value in _value_strings(elem):
+            category = _category(vr, keyword)
+            for value in strings:
                 add(category, value)
 
     meta = getattr(ds, "file_meta", None)
@@ -714,17 +1010,34 @@ def dicom_identifying_values(
     return [(category, value) for category, value in found if not _contains_whole_word(kept_folded, value.casefold())]
 
 
+def _dataset_strings(dataset: Dataset) -> Iterable[tuple[str, str]]:
+    elements = dataset._dict
+    for tag in sorted(elements, key=int):
+        if int(tag) in PIXEL_DATA_TAGS:
+            continue
+        raw = elements[tag]
+        strings = _fast_strings(raw) if isinstance(raw, RawDataElement) else None
+        if strings is not None:
+            where = _keyword(int(tag)) or f"private{raw.tag}"
+            for value in strings:
+                yield where, value
+            continue
+        elem = dataset[tag]
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                yield from _dataset_strings(item)
+            continue
+        for value in _value_strings(elem):
+            yield elem.keyword or f"private{elem.tag}", value
+
+
 def _output_strings(ds: Dataset) -> Iterable[tuple[str, str]]:
     meta = getattr(ds, "file_meta", None)
     elements = list(meta) if meta is not None else []
     for elem in elements:
         for value in _value_strings(elem):
             yield elem.keyword or str(elem.tag), value
-    for elem in ds.iterall():
-        if elem.VR == "SQ" or elem.tag in PIXEL_DATA_TAGS:
-            continue
-        for value in _value_strings(elem):
-            yield elem.keyword or f"private{elem.tag}", value
+    yield from _dataset_strings(ds)
 
 
 def scan_dicom_output(data: bytes, values: Iterable[tuple[str, str]]) -> Counter[str]:
@@ -748,19 +1061,28 @@ def scan_dicom_output(data: bytes, values: Iterable[tuple[str, str]]) -> Counter
         strings = [(where, text.casefold()) for where, text in _output_strings(ds)]
     except Exception:
         strings = []
+    # Plain substring tests first: a value whose text is absent cannot match the edge-anchored patterns,
+    # so the regexes only run where the value occurs (bytes patterns are ASCII-case-insensitive, as lower()).
+    all_text = "\n".join(text for _, text in strings)
+    data_lower = data.lower()
     for category, value in pairs:
+        folded = value.casefold()
         edge = "0-9a-z." if category == "uid" else "0-9a-z"
-        needle = re.compile(f"(?<![{edge}])" + re.escape(value.casefold()) + f"(?![{edge}])")
-        matched = False
-        for where, text in strings:
-            if needle.search(text):
-                hits[f"{category}:{where}"] += 1
-                matched = True
-        if matched:
-            continue
+        if folded in all_text:
+            needle = re.compile(f"(?<![{edge}])" + re.escape(folded) + f"(?![{edge}])")
+            matched = False
+            for where, text in strings:
+                if folded in text and needle.search(text):
+                    hits[f"{category}:{where}"] += 1
+                    matched = True
+            if matched:
+                continue
         encodings = {value.encode("utf-8")}
         with contextlib.suppress(UnicodeEncodeError):
             encodings.add(value.encode("latin-1"))
+        encodings = {encoded for encoded in encodings if encoded.lower() in data_lower}
+        if not encodings:
+            continue
         raw_edge = edge.replace("a-z", "A-Za-z").encode()
         patterns = [
             re.compile(b"(?<![" + raw_edge + b"])" + re.escape(enc) + b"(?![" + raw_edge + b"])", re.I)
