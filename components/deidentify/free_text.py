@@ -4,10 +4,11 @@ Two layers, applied by one ``Redactor`` per patient:
 
 1. **Known identifiers**: every identifying value of the patient's own record (name parts,
    maiden name, birthplace, identifier values, phones, e-mails, street lines, city, postal code,
-   birth/death dates in common renderings) is compiled into one case-insensitive, whole-word
-   alternation, longest value first. Digits of phones and identifiers match with any common
-   separators (``555-234-5678`` = ``(555) 234 5678`` = ``5552345678``; ``999-12-3456`` =
-   ``999123456``).
+   birth/death dates in common renderings) is matched case-insensitively as whole words. Digits
+   of phones and identifiers match with any common separators (``555-234-5678`` =
+   ``(555) 234 5678`` = ``5552345678``; ``999-12-3456`` = ``999123456``). The values are indexed
+   by the letter/digit run a match starts with, so a text is tokenised once and each value is
+   verified only where such a run occurs (cost independent of the number of values).
 2. **Patterns** that are PHI whoever they belong to: e-mail, URL, IPv4/IPv6, SSN, phone, dates
    (ISO, numeric, month names, plausible ``YYYYMMDD``), MRN-like ids (``MRN: 12345``,
    ``#123456789``), ZIP after a state (and any ZIP+4), ages over 89.
@@ -21,12 +22,14 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import importlib
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from html.parser import HTMLParser
-from typing import Any
+from typing import Any, NamedTuple
 
 MAIDEN_NAME_URL = "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName"
 BIRTH_PLACE_URL = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace"
@@ -35,12 +38,11 @@ CATEGORIES = frozenset(
     {"name", "identifier", "mrn", "ssn", "phone", "email", "url", "ip", "date", "address", "zip", "age"}
 )
 MIN_KNOWN_CHARS = 2  # shorter known values (initials) would redact ordinary letters
-# A known-value alternation with more alternatives than this (the providers of a whole export) is
-# skipped for a text in which no alternative's anchor occurs (see ``Redactor._known_pattern``).
-GATED_ALTERNATIVES = 128
 _FIRST_RUN_RE = re.compile(r"[^\W_]+")
-RUN, PREFIX, PHONE = "run", "prefix", "phone"  # how an alternative's anchor must occur in a text
-_ASCII_RUN_RE = re.compile(r"[a-z0-9]+")
+_ZIP_VALUE_RE = re.compile(r"\d{5}(?:-\d{4})?")
+# Kinds of known values (how the original design turned each into a regex).
+WORDS, LITERAL, PHONE, LOCAL_PHONE, TOKENS, DATE = "words", "literal", "phone", "local_phone", "tokens", "date"
+_PHONE_KINDS = frozenset({PHONE, LOCAL_PHONE})
 
 _MONTHS = (
     "January",
@@ -169,9 +171,15 @@ def known_identifiers_from_patient(patient: dict[str, Any]) -> KnownIdentifiers:
     )
 
 
+_ASCII_NON_ALNUM = bytes(byte for byte in range(128) if not chr(byte).isalnum())
+
+
 def _key(text: str) -> str:
     """Normalises a value or a match for category lookup: case-folded letters and digits only."""
-    return "".join(ch for ch in text.casefold() if ch.isalnum())
+    folded = text.casefold()
+    if folded.isascii():
+        return folded.encode("ascii").translate(None, _ASCII_NON_ALNUM).decode("ascii")
+    return "".join(ch for ch in folded if ch.isalnum())
 
 
 def _words_pattern(value: str) -> str:
@@ -205,13 +213,18 @@ def date_renderings(iso: str) -> list[str]:
     Returns:
         The renderings (empty when the value is not a calendar date).
     """
+    return list(_date_renderings(iso[:10]))
+
+
+@lru_cache(maxsize=4096)
+def _date_renderings(iso: str) -> tuple[str, ...]:
     try:
-        day = dt.date.fromisoformat(iso[:10])
+        day = dt.date.fromisoformat(iso)
     except ValueError:
-        return []
+        return ()
     month = _MONTHS[day.month - 1]
     yy = f"{day.year % 100:02d}"
-    return [
+    return (
         day.isoformat(),
         day.strftime("%Y%m%d"),
         f"{day.year}/{day.month:02d}/{day.day:02d}",
@@ -232,71 +245,333 @@ def date_renderings(iso: str) -> list[str]:
         f"{day.day:02d} {month[:3]} {day.year}",
         f"{day.day}-{month[:3]}-{day.year}",
         f"{day.day:02d}-{month[:3]}-{day.year}",
-    ]
+    )
 
 
-def _ascii_runs(value: str) -> list[str]:
-    """The lower-cased ASCII letter/digit runs of a value, in order (runs with other letters left out)."""
-    return [run.lower() for run in _FIRST_RUN_RE.findall(value) if run.isascii()]
+# --------------------------------------------------------------------------- known-value index
+#
+# Each known value becomes literal parts (case-folded like ``re.IGNORECASE`` folds characters) and
+# the gap the regex of the original design allowed between them; a value can only match where a
+# whole letter/digit run of the text equals one of its "first run" keys (a value's first run, or
+# the first runs concatenated where the gaps may be empty), so a text is tokenised once and only
+# the values keyed by its runs are verified, character by character, at those runs.
+
+WS_PLUS, WS_STAR, SEP_STAR, SEP_OPT = range(4)  # \s+ | \s* | [\s().\-/]* | [\s.\-]?
+_RUN_RE = re.compile(r"[^\W_]+")
+_SEPARATOR_CHARS = "().-/"
+_PHONE_SEPARATOR_CHARS = ".-"
+_NON_ALNUM_TO_SPACE = bytes(byte if chr(byte).isalnum() else 0x20 for byte in range(256))
+_EXTRA_CASES: dict[int, tuple[int, ...]] = getattr(importlib.import_module("re._compiler"), "_EXTRA_CASES", {})
+_TOLOWER: Callable[[int], int] | None = getattr(importlib.import_module("_sre"), "unicode_tolower", None)
 
 
-def _run_anchor(value: str) -> tuple[str | None, str]:
-    """The longest letter/digit run of a literal value (words pattern, e-mail): a whole run of any match."""
-    runs = _ascii_runs(value)
-    return (max(runs, key=len), RUN) if runs else (None, RUN)
+class _FoldTable(dict[int, int]):
+    """``str.translate`` table folding each character the way ``re.IGNORECASE`` compares it."""
+
+    def __missing__(self, code: int) -> int:
+        if _TOLOWER is not None:
+            lower = _TOLOWER(code)
+        else:
+            lowered = chr(code).lower()
+            lower = ord(lowered) if len(lowered) == 1 else code
+        folded = min((lower, *_EXTRA_CASES.get(lower, ())))
+        self[code] = folded
+        return folded
 
 
-def _prefix_anchor(value: str) -> tuple[str | None, str]:
-    """The first letter/digit run of a token or date pattern: every match starts a run with it."""
-    match = _FIRST_RUN_RE.search(value)
-    if match is None or not match.group(0).isascii():
-        return None, PREFIX
-    return match.group(0).lower(), PREFIX
+_FOLD_TABLE = _FoldTable()
 
 
-def _known_alternatives(
-    known: KnownIdentifiers,
-) -> tuple[list[tuple[int, str, tuple[str | None, str]]], dict[str, str]]:
-    """Builds (sort length, regex, anchor) alternatives and a normalised-match -> category lookup.
+def _fold(text: str) -> str:
+    """Case-folds a text character by character (same length), as ``re.IGNORECASE`` compares."""
+    return text.lower() if text.isascii() else text.translate(_FOLD_TABLE)
 
-    The anchor ``(text, mode)`` is a necessary condition of a match in an ASCII text (``Redactor``
-    skips the known values of a text that meets none): ``run``: a lower-cased letter/digit run of
-    the text equals it; ``prefix``: a run starts with it; ``phone``: a run starts with it, or with
-    ``1`` and then it (a country code); a None text means no such condition.
+
+def _is_word(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+_LEADING_RUN_RE = re.compile(r"[^\W_]*")
+
+
+def _leading_run(text: str) -> str:
+    """The letters/digits a text starts with."""
+    match = _LEADING_RUN_RE.match(text)
+    return match.group(0) if match is not None else ""
+
+
+class _KnownValue(NamedTuple):
+    r"""One known value as literal parts (folded) and the gap allowed between them.
+
+    A phone value (``phone`` set) has parts ``(area code, exchange, line)`` and matches
+    ``(?:\+?1[\s.\-]?)?\(?AAA\)?[\s.\-]*EEE[\s.\-]*LLLL``; every other value matches
+    ``lead part0 gap part1 gap ...``.
     """
-    alternatives: list[tuple[int, str, tuple[str | None, str]]] = []
+
+    lead: str
+    parts: tuple[str, ...]
+    gap: int
+    phone: bool = False
+
+
+def _skip_gap(text: str, index: int, gap: int) -> int:
+    """The index after the gap starting at ``index`` (-1 when a required gap is missing)."""
+    end = len(text)
+    if gap == SEP_OPT:
+        if index < end and (text[index] in _PHONE_SEPARATOR_CHARS or text[index].isspace()):
+            return index + 1
+        return index
+    start = index
+    if gap == SEP_STAR:
+        while index < end and (text[index] in _SEPARATOR_CHARS or text[index].isspace()):
+            index += 1
+        return index
+    while index < end and text[index].isspace():
+        index += 1
+    return -1 if gap == WS_PLUS and index == start else index
+
+
+def _skip_phone_separators(text: str, index: int) -> int:
+    end = len(text)
+    while index < end and (text[index] in _PHONE_SEPARATOR_CHARS or text[index].isspace()):
+        index += 1
+    return index
+
+
+def _match_parts(text: str, index: int, parts: tuple[str, ...], gap: int) -> int:
+    """The end of ``parts`` matched at ``index`` then a non-word boundary, or -1."""
+    for position, part in enumerate(parts):
+        if position:
+            index = _skip_gap(text, index, gap)
+            if index < 0:
+                return -1
+        if not text.startswith(part, index):
+            return -1
+        index += len(part)
+    if index < len(text) and _is_word(text[index]):
+        return -1
+    return index
+
+
+def _phone_starts(text: str, body: int) -> list[int]:
+    r"""Where ``(?:\+?1[\s.\-]?)?\(?`` can start when the area code starts at ``body``."""
+    starts = [body]
+    if body > 0 and text[body - 1] == "(":
+        starts.append(body - 1)
+    for start in list(starts):
+        code_ends = [start]
+        if start > 0 and (text[start - 1] in _PHONE_SEPARATOR_CHARS or text[start - 1].isspace()):
+            code_ends.append(start - 1)
+        for code_end in code_ends:  # the country code "1" ends here
+            if code_end > 0 and text[code_end - 1] == "1":
+                starts.append(code_end - 1)
+                if code_end > 1 and text[code_end - 2] == "+":
+                    starts.append(code_end - 2)
+    return starts
+
+
+def _match_phone(text: str, run_start: int, value: _KnownValue) -> list[tuple[int, int]]:
+    """The matches of a 10-digit phone whose digits (or country code) start the run at ``run_start``."""
+    area, exchange, line = value.parts
+    spans: list[tuple[int, int]] = []
+    bodies = (run_start, run_start + 1) if text.startswith("1", run_start) else (run_start,)
+    for body in bodies:
+        if not text.startswith(area, body):
+            continue
+        index = body + len(area)
+        if index < len(text) and text[index] == ")":
+            index += 1
+        index = _skip_phone_separators(text, index)
+        if not text.startswith(exchange, index):
+            continue
+        index = _skip_phone_separators(text, index + len(exchange))
+        if not text.startswith(line, index):
+            continue
+        end = index + len(line)
+        if end < len(text) and _is_word(text[end]):
+            continue
+        if body == run_start:
+            starts = _phone_starts(text, body)
+        else:  # the run starts with the country code 1
+            starts = [run_start, run_start - 1] if run_start > 0 and text[run_start - 1] == "+" else [run_start]
+        valid = [start for start in starts if start == 0 or not _is_word(text[start - 1])]
+        if valid:
+            spans.append((min(valid), end))
+    return spans
+
+
+def _run_keys(parts: tuple[str, ...], gap: int) -> list[str]:
+    """The text runs a match can start with: the first run, extended over parts while gaps may be empty."""
+    keys: list[str] = []
+    joined = ""
+    for position, part in enumerate(parts):
+        run = _leading_run(part)
+        joined += run
+        keys.append(joined)
+        if run != part or gap == WS_PLUS or position == len(parts) - 1:
+            break
+    return [key for position, key in enumerate(keys) if key and key not in keys[:position]]
+
+
+def _literal_value(parts: list[str], gap: int) -> tuple[_KnownValue, list[str]] | None:
+    """A value of literal parts with its run keys (None when its first part has no letter or digit)."""
+    folded = [_fold(part) for part in parts]
+    first = folded[0]
+    lead_length = 0 if first[:1].isalnum() else next((i for i, char in enumerate(first) if char.isalnum()), None)
+    if lead_length is None:
+        return None
+    lead = first[:lead_length]
+    body = (first[lead_length:], *folded[1:]) if lead_length else tuple(folded)
+    return _KnownValue(lead, body, gap), _run_keys(body, gap)
+
+
+class _Bucket:
+    """The known values keyed by one text run, split by their first word and next run when they have several words.
+
+    A provider redactor keys hundreds of values by the same run (``dr``, ``general``); values of
+    several whitespace-separated words are looked up by the run after their first word, so only
+    values that can still match are verified.
+    """
+
+    def __init__(self) -> None:
+        self.exact_rank: int | None = None  # a value that is exactly the run (matches wherever the run occurs)
+        self.values: list[tuple[int, _KnownValue]] = []
+        self.by_next_run: dict[tuple[str, str], dict[str, list[tuple[int, _KnownValue]]]] = {}
+        self.phones: dict[str, dict[str, list[tuple[int, _KnownValue]]]] = {}  # area code -> exchange -> values
+
+    def add(self, rank: int, value: _KnownValue, key: str) -> None:
+        """Adds a value (with its alternation rank) keyed by ``key``."""
+        if not value.phone and not value.lead and value.parts == (key,):
+            self.exact_rank = rank if self.exact_rank is None else min(rank, self.exact_rank)
+            return
+        if value.phone:
+            area, exchange, _ = value.parts
+            self.phones.setdefault(area, {}).setdefault(exchange, []).append((rank, value))
+            return
+        if value.gap == WS_PLUS and not value.phone and len(value.parts) > 1:
+            next_run = _leading_run(value.parts[1])
+            if next_run:
+                group = self.by_next_run.setdefault((value.lead, value.parts[0]), {})
+                group.setdefault(next_run, []).append((rank, value))
+                return
+        self.values.append((rank, value))
+
+    def match(self, text: str, start: int, spans: list[tuple[int, int, int]]) -> None:
+        """Adds ``(start, rank, end)`` of every non-exact value of the bucket matching at the run at ``start``."""
+        for rank, value in self.values:
+            _match_value(text, start, rank, value, spans)
+        for (_, first), group in self.by_next_run.items():
+            if not text.startswith(first, start):
+                continue
+            index = start + len(first)
+            after = index
+            while after < len(text) and text[after].isspace():
+                after += 1
+            if after == index:
+                continue
+            run = _RUN_RE.match(text, after)
+            candidates = group.get(run.group(0)) if run is not None else None
+            for rank, value in candidates or ():
+                _match_value(text, start, rank, value, spans)
+        for area, exchanges in self.phones.items():
+            for body in (start, start + 1):
+                if not text.startswith(area, body):
+                    continue
+                index = body + len(area)
+                if index < len(text) and text[index] == ")":
+                    index += 1
+                index = _skip_phone_separators(text, index)
+                for rank, value in exchanges.get(text[index : index + 3], ()):
+                    _match_value(text, start, rank, value, spans)
+
+
+def _match_value(text: str, start: int, rank: int, value: _KnownValue, spans: list[tuple[int, int, int]]) -> None:
+    """Adds the matches of one value whose first run starts at ``start`` to ``spans``."""
+    if value.phone:
+        spans.extend((first, rank, last) for first, last in _match_phone(text, start, value))
+        return
+    first = start - len(value.lead)
+    if first < 0 or (first > 0 and _is_word(text[first - 1])):
+        return
+    if value.lead and not text.startswith(value.lead, first):
+        return
+    last = _match_parts(text, start, value.parts, value.gap)
+    if last >= 0:
+        spans.append((first, rank, last))
+
+
+@lru_cache(maxsize=16384)
+def _indexed_value(kind: str, value: str) -> tuple[_KnownValue, tuple[str, ...]] | None:
+    """A known value of one kind (see ``_known_entries``) with its run keys (None: not indexable)."""
+    if kind == PHONE:
+        area, exchange, line = value[:3], value[3:6], value[6:]
+        runs = (area, area + exchange, value)
+        return _KnownValue("", (area, exchange, line), SEP_STAR, phone=True), (*runs, *("1" + run for run in runs))
+    if kind == WORDS:
+        built = _literal_value(value.split(), WS_PLUS)
+    elif kind == LITERAL:
+        built = _literal_value([value], WS_PLUS)
+    elif kind == LOCAL_PHONE:
+        built = _literal_value([value[3:6], value[6:]], SEP_OPT)
+    elif kind == TOKENS:
+        built = _literal_value(_FIRST_RUN_RE.findall(value), SEP_STAR)
+    else:  # DATE
+        built = _literal_value(value.split(), WS_STAR)
+    return None if built is None else (built[0], tuple(built[1]))
+
+
+def _pattern_of(kind: str, value: str) -> str:
+    """The regex the original design compiled for a known value (for values ``_indexed_value`` cannot index)."""
+    if kind == WORDS:
+        return _words_pattern(value)
+    if kind == LITERAL:
+        return re.escape(value)
+    if kind == TOKENS:
+        return _token_pattern(value)
+    if kind == DATE:
+        return r"\s*".join(re.escape(part) for part in value.split())
+    if kind == PHONE:
+        return _phone_pattern(value)
+    return rf"{value[3:6]}[\s.\-]?{value[6:]}"
+
+
+def _known_entries(known: KnownIdentifiers) -> tuple[list[tuple[int, str, str]], dict[str, str]]:
+    """The (sort length, kind, value) of every known value and a normalised-match -> category lookup.
+
+    Same values, order and categories as the alternation of the original design: names, addresses,
+    telecom (e-mail, 10-digit phone and its local 7-digit form, other), identifiers, date renderings.
+    """
+    entries: list[tuple[int, str, str]] = []
     categories: dict[str, str] = {}
 
-    def add(pattern: str, length: int, keys: Iterable[str], category: str, anchor: tuple[str | None, str]) -> None:
-        alternatives.append((length, pattern, anchor))
+    def add(kind: str, value: str, length: int, keys: Iterable[str], category: str) -> None:
+        entries.append((length, kind, value))
         for key in keys:
             categories.setdefault(key, category)
 
     for name in known.names:
         if len(_key(name)) >= MIN_KNOWN_CHARS:
-            add(_words_pattern(name), len(name), [_key(name)], "name", _run_anchor(name))
+            add(WORDS, name, len(name), [_key(name)], "name")
     for address in known.addresses:
         if len(_key(address)) >= MIN_KNOWN_CHARS:
-            category = "zip" if re.fullmatch(r"\d{5}(?:-\d{4})?", address) else "address"
-            add(_words_pattern(address), len(address), [_key(address)], category, _run_anchor(address))
+            category = "zip" if _ZIP_VALUE_RE.fullmatch(address) else "address"
+            add(WORDS, address, len(address), [_key(address)], category)
     for value in known.telecom:
         digits = _phone_digits(value)
         if "@" in value:
-            add(re.escape(value), len(value), [_key(value)], "email", _run_anchor(value))
+            add(LITERAL, value, len(value), [_key(value)], "email")
         elif len(digits) == 10:
-            add(_phone_pattern(digits), len(value), [digits, "1" + digits], "phone", (digits[:3], PHONE))
-            local = rf"{digits[3:6]}[\s.\-]?{digits[6:]}"  # local 7-digit form
-            add(local, 8, [digits[3:]], "phone", (digits[3:6], PREFIX))
+            add(PHONE, digits, len(value), [digits, "1" + digits], "phone")
+            add(LOCAL_PHONE, digits, 8, [digits[3:]], "phone")
         elif len(_key(value)) >= MIN_KNOWN_CHARS:
-            add(_token_pattern(value), len(value), [_key(value)], "phone", _prefix_anchor(value))
+            add(TOKENS, value, len(value), [_key(value)], "phone")
     for value in known.identifiers:
         if len(_key(value)) >= MIN_KNOWN_CHARS:
-            add(_token_pattern(value), len(value), [_key(value)], "identifier", _prefix_anchor(value))
+            add(TOKENS, value, len(value), [_key(value)], "identifier")
     for iso in known.dates:
         for rendering in date_renderings(iso):
-            pattern = r"\s*".join(re.escape(part) for part in rendering.split())
-            add(pattern, len(rendering), [_key(rendering)], "date", _prefix_anchor(rendering))
-    return alternatives, categories
+            add(DATE, rendering, len(rendering), [_key(rendering)], "date")
+    return entries, categories
 
 
 # --------------------------------------------------------------------------- patterns
@@ -309,23 +584,41 @@ class _Rule:
     category: str
     regex: re.Pattern[str]
     group: int = 0
-    gate: str | re.Pattern[str] | None = None  # a substring or pattern that must occur first (cheap skip)
+    gate: str | re.Pattern[str] | Callable[[str], bool] | None = None  # must occur first (cheap skip)
+    words: tuple[str, ...] = ()  # one of these must occur in the case-folded text (cheap skip)
+    context: Callable[[re.Match[str]], bool] | None = None  # a match counts only when this holds
 
-    def applies(self, text: str) -> bool:
-        """Tells whether the rule can match at all (the gate occurs in the text)."""
+    def applies(self, text: str, folded: str) -> bool:
+        """Tells whether the rule can match at all (a necessary condition: its gates occur in the text)."""
+        if self.words and not any(word in folded for word in self.words):
+            return False
         if self.gate is None:
             return True
         if isinstance(self.gate, str):
             return self.gate in text
-        return self.gate.search(text) is not None
+        if isinstance(self.gate, re.Pattern):
+            return self.gate.search(text) is not None
+        return self.gate(text)
 
 
 def _month_alternation() -> str:
-    forms: list[str] = []
+    """Month names and abbreviations (``Sept`` too), capitalised or upper case, longest form first.
+
+    Written as one branch per month and case (``Jan(?:uary)?``): the same forms in the same order of
+    preference as an alternation sorted by length, but the regex engine rejects a position after
+    one character instead of trying every form.
+    """
+    branches = []
     for month in _MONTHS:
-        for form in {month, month[:3], "Sept" if month == "September" else month[:3]}:
-            forms.extend((form, form.upper()))
-    return "(?:" + "|".join(sorted(set(forms), key=len, reverse=True)) + r")\.?"
+        for form in (month, month.upper()):
+            abbreviation, rest = form[:3], form[3:]
+            if month == "September":
+                branches.append(f"{abbreviation}(?:{rest[0]}(?:{rest[1:]})?)?")
+            elif rest:
+                branches.append(f"{abbreviation}(?:{rest})?")
+            else:
+                branches.append(abbreviation)
+    return "(?:" + "|".join(branches) + r")\.?"
 
 
 _MONTH = _month_alternation()
@@ -333,6 +626,8 @@ _DAY = r"(?:0?[1-9]|[12]\d|3[01])"
 _MONTH_NUM = r"(?:0?[1-9]|1[0-2])"
 _ORDINAL = r"(?:st|nd|rd|th)?"
 _YEAR = r"(?:1[89]\d{2}|20\d{2})"
+# ``(?<![\w/.-]){_YEAR}`` with the look-behind after the first digit: the engine then skips to 1s and 2s.
+_YEAR_AFTER_BOUNDARY = r"(?:1(?<![\w/.-]1)[89]\d{2}|2(?<![\w/.-]2)0\d{2})"
 _STATES = [
     "AL",
     "AK",
@@ -403,9 +698,32 @@ _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _I = re.IGNORECASE
 
 
+_IPV6_GROUPS = re.compile(r":[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:")  # starts with a literal: a fast scan
+
+
+def _may_hold_ipv6(text: str) -> bool:
+    """A necessary condition of an IPv6 match: ``::``, or seven colons with hex groups between them."""
+    return "::" in text or (text.count(":") >= 7 and _IPV6_GROUPS.search(text) is not None)
+
+
+_STATE_AT_END = re.compile(rf"(?:\b(?:{'|'.join(_STATES)})|\b(?:{_STATE_NAMES}))\Z")
+_LONGEST_STATE = 16
+
+
+def _after_state(match: re.Match[str]) -> bool:
+    r"""Whether a ZIP candidate (whitespace, digits) follows ``<state>,?\s+`` (state code or name)."""
+    text = match.string
+    end = match.start()
+    while end > 0 and text[end - 1].isspace():
+        end -= 1
+    if end > 0 and text[end - 1] == ",":
+        end -= 1
+    return _STATE_AT_END.search(text, max(0, end - _LONGEST_STATE), end) is not None
+
+
 def _rules() -> tuple[_Rule, ...]:
     """Compiles the pattern rules once, in the order they are applied."""
-    month_gate = re.compile(r"(?:JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)", _I)
+    months = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
     return (
         _Rule(
             "email",
@@ -415,7 +733,7 @@ def _rules() -> tuple[_Rule, ...]:
         _Rule(
             "url",
             re.compile(r"(?:\b(?:https?|ftp)://|\bwww\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]]", _I),
-            gate=re.compile(r"://|www\.", _I),
+            words=("://", "www."),
         ),
         _Rule(
             "ip", re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)"), gate=re.compile(r"\d\.\d+\.\d")
@@ -426,14 +744,16 @@ def _rules() -> tuple[_Rule, ...]:
                 rf"(?<![\w:])(?:(?:{_HEX}:){{7}}{_HEX}|{_HEX}(?::{_HEX}){{0,6}}::(?:{_HEX}(?::{_HEX}){{0,6}})?"
                 rf"|::{_HEX}(?::{_HEX}){{0,6}})(?![\w:])"
             ),
-            gate=re.compile(r"::|(?:\w+:){7}"),
+            gate=_may_hold_ipv6,
         ),
-        _Rule("ssn", re.compile(r"(?<![\w-])\d{3}([-\s])\d{2}\1\d{4}(?![\w-])")),
+        # ``(?<![\w-])\d{3}...`` with the look-behind after the first digit: the engine then skips to digits.
+        _Rule("ssn", re.compile(r"\d(?<![\w-]\d)\d\d([-\s])\d{2}\1\d{4}(?![\w-])")),
         _Rule(
             "ssn",
             re.compile(r"\b(?:SSN|SS#|social\s+security(?:\s+(?:number|no\.?|#))?)\s*[:#]?\s*(\d{9})\b", _I),
             1,
             re.compile(r"\d{9}"),
+            words=("ssn", "ss#", "social"),
         ),
         _Rule(
             "phone",
@@ -450,33 +770,34 @@ def _rules() -> tuple[_Rule, ...]:
             ),
             1,
             re.compile(r"\d{10}"),
+            words=("phone", "tel", "cell", "mobile", "fax", "pager"),
         ),
         _Rule(
             "date",
             re.compile(
-                rf"(?<![\w/.-]){_YEAR}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
+                rf"{_YEAR_AFTER_BOUNDARY}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
                 r"(?:[T ](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?(?![\w/-])"
             ),
         ),
-        _Rule("date", re.compile(rf"(?<![\w/.-]){_YEAR}/(?:0?[1-9]|1[0-2])/{_DAY}(?![\w/-])")),
+        _Rule("date", re.compile(rf"{_YEAR_AFTER_BOUNDARY}/(?:0?[1-9]|1[0-2])/{_DAY}(?![\w/-])")),
         _Rule(
             "date",
             re.compile(rf"(?<![\w/.-]){_MONTH_NUM}([/.-]){_DAY}\1(?:{_YEAR}|\d{{2}})(?![\w/-]|\.\d)"),
         ),
         _Rule(
             "date",
-            re.compile(rf"(?<![\w/.-]){_YEAR}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?![\w/-])"),
+            re.compile(rf"{_YEAR_AFTER_BOUNDARY}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?![\w/-])"),
             gate=re.compile(r"\d{8}"),
         ),
         _Rule(
             "date",
             re.compile(rf"\b{_DAY}{_ORDINAL}(?:\s+of)?[\s-]+{_MONTH}(?:,?[\s-]+{_YEAR})?(?!\w)"),
-            gate=month_gate,
+            words=months,
         ),
         _Rule(
             "date",
             re.compile(rf"\b{_MONTH}\s+{_DAY}{_ORDINAL}(?:,?\s+{_YEAR})?(?!\w)|\b{_MONTH},?\s+{_YEAR}\b"),
-            gate=month_gate,
+            words=months,
         ),
         _Rule(
             "mrn",
@@ -488,12 +809,9 @@ def _rules() -> tuple[_Rule, ...]:
             1,
         ),
         _Rule("mrn", re.compile(r"(?<![\w&#])#\s?(\d{6,})\b"), 1, "#"),
-        _Rule(
-            "zip",
-            re.compile(rf"(?:\b(?:{'|'.join(_STATES)})|\b(?:{_STATE_NAMES})),?\s+(\d{{5}}(?:-\d{{4}})?)(?![\w-])"),
-            1,
-            re.compile(r"\d{5}"),
-        ),
+        # ``<state>,?\s+(ZIP)``, found from the ZIP backwards (``_after_state``): a scan for a state at
+        # every word boundary costs ten times more and finds the same matches.
+        _Rule("zip", re.compile(r"\s(\d{5}(?:-\d{4})?)(?![\w-])"), 1, re.compile(r"\d{5}"), context=_after_state),
         _Rule("zip", re.compile(r"(?<![\w-])\d{5}-\d{4}(?![\w-])"), gate=re.compile(r"\d{5}-")),
         _Rule(
             "age",
@@ -501,12 +819,14 @@ def _rules() -> tuple[_Rule, ...]:
                 r"\b(9\d|1[0-4]\d)(?:\s*|-)(?:years?|yrs?|y)(?:\s*|-)old\b|\b(9\d|1[0-4]\d)\s*(?:yo|y/o|y\.o\.)", _I
             ),
             gate=re.compile(r"(?<!\d)(?:9\d|1[0-4]\d)(?!\d)"),
+            words=("old", "yo", "y/o", "y.o."),
         ),
         _Rule(
             "age",
             re.compile(r"\b(?:aged?|age:)\s*(9\d|1[0-4]\d)\b", _I),
             1,
             re.compile(r"(?<!\d)(?:9\d|1[0-4]\d)(?!\d)"),
+            words=("age",),
         ),
     )
 
@@ -514,13 +834,15 @@ def _rules() -> tuple[_Rule, ...]:
 _RULES = _rules()
 
 
-def _substitute(rule: _Rule, text: str, counts: Counter[str]) -> str:
+def _substitute(rule: _Rule, text: str, counts: Counter[str], folded: str | None = None) -> str:
     """Applies one pattern rule, replacing the whole match or its ``group``."""
-    if not rule.applies(text):
+    if not rule.applies(text, _fold(text) if folded is None else folded):
         return text
     replacement = placeholder(rule.category)
 
     def replace(match: re.Match[str]) -> str:
+        if rule.context is not None and not rule.context(match):
+            return match.group(0)
         counts[rule.category] += 1
         if rule.group == 0:
             return replacement
@@ -532,15 +854,68 @@ def _substitute(rule: _Rule, text: str, counts: Counter[str]) -> str:
     return rule.regex.sub(replace, text)
 
 
+PATTERN_CACHE_SIZE = 8192  # texts per pattern pass whose result is kept (dosage texts, titles repeat)
+PATTERN_CACHE_MAX_CHARS = 2048  # longer texts are not cached
+
+
+class _PatternPass:
+    """Applies pattern rules in order, remembering the results of recent texts (a bounded cache).
+
+    The result only depends on the text and the rules, so the cache returns exactly what the rules
+    return; one instance per rule set is shared by every ``Redactor`` (every patient).
+    """
+
+    def __init__(self, rules: tuple[_Rule, ...]) -> None:
+        self.rules = rules
+        self._cache: dict[str, tuple[str, tuple[tuple[str, int], ...]]] = {}
+
+    def apply(self, text: str, counts: Counter[str]) -> str:
+        """Returns ``text`` with every rule applied; adds the replacements to ``counts``."""
+        if not self.rules:
+            return text
+        cached = self._cache.get(text)
+        if cached is not None:
+            for category, count in cached[1]:
+                counts[category] += count
+            return cached[0]
+        own: Counter[str] = Counter()
+        lowered = text.lower()
+        result = text
+        for rule in self.rules:
+            result = _substitute(rule, result, own, lowered if result is text else None)
+        if len(text) <= PATTERN_CACHE_MAX_CHARS:
+            if len(self._cache) >= PATTERN_CACHE_SIZE:
+                self._cache.clear()  # bounded; clearing is atomic (worker threads may share the cache)
+            self._cache[text] = (result, tuple(own.items()))
+        counts.update(own)
+        return result
+
+
+@lru_cache(maxsize=64)
+def _pattern_passes(enabled: frozenset[str]) -> tuple[_PatternPass, _PatternPass]:
+    """The (before known values, after known values) pattern passes of a category set."""
+    rules = tuple(rule for rule in _RULES if rule.category in enabled)
+    return (
+        _PatternPass(tuple(rule for rule in rules if rule.category in _EARLY_CATEGORIES)),
+        _PatternPass(tuple(rule for rule in rules if rule.category not in _EARLY_CATEGORIES)),
+    )
+
+
+_EARLY_CATEGORIES = frozenset({"email", "url"})
+_UNRANKED = 1 << 30
+
+
 class Redactor:
     """Redacts one patient's known identifiers and pattern-based PHI from free text.
 
-    Build one per patient (compiling the known-value alternation costs well under a millisecond
-    for a typical record) and call ``redact`` for each of their notes.
+    Build one per patient and call ``redact`` for each of their notes. Known values are indexed by
+    the text runs a match can start with (see ``_KnownValue``), so building costs microseconds per
+    value and a text is tokenised once; values are verified only at runs that key them. Where
+    matches of several values overlap, the union of their spans is redacted (one placeholder).
     """
 
     def __init__(self, known: KnownIdentifiers | None = None, categories: frozenset[str] | None = None) -> None:
-        """Compiles the patient's known values.
+        """Indexes the patient's known values.
 
         Args:
             known: The patient's identifying values, or None for patterns only.
@@ -554,67 +929,107 @@ class Redactor:
         unknown = enabled - CATEGORIES
         if unknown:
             raise ValueError(f"unknown free-text categories: {sorted(unknown)}; known: {sorted(CATEGORIES)}")
-        self._rules = tuple(rule for rule in _RULES if rule.category in enabled)
-        self._early = tuple(rule for rule in self._rules if rule.category in {"email", "url"})
-        self._late = tuple(rule for rule in self._rules if rule.category not in {"email", "url"})
-        self._known: re.Pattern[str] | None = None
+        self._early, self._late = _pattern_passes(enabled)
+        self._exact: dict[str, int] = {}  # run -> rank of a value that is exactly that run
+        self._index: dict[str, _Bucket] = {}  # run -> the other values a match can start with
+        self._ascii_keys: frozenset[bytes] = frozenset()
+        self._all_keys: frozenset[str] = frozenset()
         self._known_categories: dict[str, str] = {}
-        self._gated = False
-        self._run_anchors: frozenset[str] = frozenset()
-        self._prefix_anchors: frozenset[str] = frozenset()
-        self._phone_anchors: frozenset[str] = frozenset()
-        self._prefix_lengths: tuple[int, ...] = ()
+        self._rare: re.Pattern[str] | None = None
         if known is not None:
-            alternatives, self._known_categories = _known_alternatives(known)
-            if alternatives:
-                ordered = dict.fromkeys(pattern for _, pattern, _ in sorted(alternatives, key=lambda item: -item[0]))
-                self._known = re.compile(r"(?<!\w)(?:" + "|".join(ordered) + r")(?!\w)", re.IGNORECASE)
-                anchors = [anchor for _, _, anchor in alternatives]
-                if len(ordered) > GATED_ALTERNATIVES and all(text is not None for text, _ in anchors):
-                    self._index_anchors(anchors)
+            self._index_known(known)
 
-    def _index_anchors(self, anchors: list[tuple[str | None, str]]) -> None:
-        """Indexes the alternatives' anchors, so a text none of them can match skips the alternation."""
-        by_mode: dict[str, set[str]] = {RUN: set(), PREFIX: set(), PHONE: set()}
-        for text, mode in anchors:
-            if text is not None:
-                by_mode[mode].add(text)
-                if mode == PHONE:
-                    by_mode[PREFIX].add(text)
-        self._run_anchors = frozenset(by_mode[RUN])
-        self._prefix_anchors = frozenset(by_mode[PREFIX])
-        self._phone_anchors = frozenset(by_mode[PHONE])
-        self._prefix_lengths = tuple(sorted({len(text) for text in by_mode[PREFIX]}))
-        self._gated = True
+    def _index_known(self, known: KnownIdentifiers) -> None:
+        entries, self._known_categories = _known_entries(known)
+        order = sorted(range(len(entries)), key=lambda position: -entries[position][0])
+        index, exact = self._index, self._exact
+        rare: list[str] = []
+        seen: set[tuple[str, str]] = set()
+        for rank, position in enumerate(order):
+            _, kind, value = entries[position]
+            if (kind, value) in seen:
+                continue
+            seen.add((kind, value))
+            if value.isalnum() and kind not in _PHONE_KINDS:  # a single run: matches wherever the run occurs
+                key = _fold(value)
+                exact.setdefault(key, rank)
+                continue
+            indexed = _indexed_value(kind, value)
+            if indexed is None:
+                rare.append(_pattern_of(kind, value))
+                continue
+            for key in indexed[1]:
+                bucket = index.get(key)
+                if bucket is None:
+                    bucket = index[key] = _Bucket()
+                bucket.add(rank, indexed[0], key)
+        self._all_keys = frozenset(index).union(exact)
+        self._ascii_keys = frozenset(key.encode("ascii") for key in self._all_keys if key.isascii())
+        if rare:
+            self._rare = re.compile(r"(?<!\w)(?:" + "|".join(rare) + r")(?!\w)", re.IGNORECASE)
 
-    def _known_pattern(self, text: str) -> re.Pattern[str] | None:
-        """The known-value alternation, or None when no alternative can match ``text``.
+    def _known_spans(self, text: str) -> list[tuple[int, int, int]]:
+        """Every ``(start, rank, end)`` where a known value matches ``text``."""
+        folded = _fold(text)
+        if folded.isascii():
+            tokens = set(folded.encode("ascii").translate(_NON_ALNUM_TO_SPACE).split())
+            hits = [token.decode("ascii") for token in tokens & self._ascii_keys]
+        else:
+            hits = list(set(_RUN_RE.findall(folded)) & self._all_keys)
+        spans: list[tuple[int, int, int]] = []
+        size = len(folded)
+        for key in hits:
+            bucket = self._index.get(key)
+            exact = self._exact.get(key)
+            if bucket is not None and bucket.exact_rank is not None:
+                exact = bucket.exact_rank if exact is None else min(exact, bucket.exact_rank)
+            if bucket is not None and not (bucket.values or bucket.by_next_run or bucket.phones):
+                bucket = None
+            start = folded.find(key)
+            while start >= 0:
+                end = start + len(key)
+                before = folded[start - 1] if start else " "
+                after = folded[end] if end < size else " "
+                if not before.isalnum() and not after.isalnum():
+                    if exact is not None and before != "_" and after != "_":
+                        spans.append((start, exact, end))
+                    if bucket is not None:
+                        bucket.match(folded, start, spans)
+                start = folded.find(key, end)
+        if self._rare is not None:
+            spans.extend((match.start(), _UNRANKED, match.end()) for match in self._rare.finditer(text))
+        return spans
 
-        Only for a large alternation (the providers of an export) and an ASCII text: the
-        alternation is skipped when no anchor of any alternative occurs in the text as its mode
-        requires (a necessary condition of a match, see ``_known_alternatives``); otherwise the
-        whole alternation runs, so the result is always the alternation's own.
-        """
-        if not self._gated or not text.isascii():
-            return self._known
-        runs = set(_ASCII_RUN_RE.findall(text.lower()))
-        if not self._run_anchors.isdisjoint(runs):
-            return self._known
-        prefixes, phones = self._prefix_anchors, self._phone_anchors
-        for run in runs:
-            for length in self._prefix_lengths:
-                if length > len(run):
-                    break
-                if run[:length] in prefixes or (run[0] == "1" and run[1 : 1 + length] in phones):
-                    return self._known
-        return None
-
-    def _known_category(self, match: re.Match[str]) -> str:
-        key = _key(match.group(0))
+    def _known_category(self, matched: str) -> str:
+        key = _key(matched)
         category = self._known_categories.get(key)
         if category is None and key.startswith("1"):
             category = self._known_categories.get(key[1:])
         return category or "identifier"
+
+    def _redact_known(self, text: str, counts: Counter[str]) -> str:
+        """Replaces every known-value match; overlapping matches become one placeholder."""
+        if not self._all_keys and self._rare is None:
+            return text
+        spans = self._known_spans(text)
+        if not spans:
+            return text
+        spans.sort()
+        pieces: list[str] = []
+        last = 0
+        group_start, group_end, category = -1, -1, ""
+        for start, _, end in spans:
+            if start < group_end:
+                group_end = max(group_end, end)
+                continue
+            if group_start >= 0:
+                pieces += [text[last:group_start], placeholder(category)]
+                last = group_end
+            group_start, group_end = start, end
+            category = self._known_category(text[start:end])
+            counts[category] += 1
+        pieces += [text[last:group_start], placeholder(category), text[group_end:]]
+        return "".join(pieces)
 
     def redact(self, text: str) -> tuple[str, Counter[str]]:
         """Redacts one piece of free text.
@@ -628,20 +1043,9 @@ class Redactor:
         counts: Counter[str] = Counter()
         if not text:
             return text, counts
-        for rule in self._early:
-            text = _substitute(rule, text, counts)
-        known = self._known_pattern(text)
-        if known is not None:
-
-            def replace(match: re.Match[str]) -> str:
-                category = self._known_category(match)
-                counts[category] += 1
-                return placeholder(category)
-
-            text = known.sub(replace, text)
-        for rule in self._late:
-            text = _substitute(rule, text, counts)
-        return text, counts
+        text = self._early.apply(text, counts)
+        text = self._redact_known(text, counts)
+        return self._late.apply(text, counts), counts
 
 
 # --------------------------------------------------------------------------- XHTML narratives

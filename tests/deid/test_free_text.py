@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
+from clinflow.synthetic import generate_fhir_bulk
 from components.deidentify.free_text import (
     CATEGORIES,
     KnownIdentifiers,
@@ -256,3 +260,66 @@ def test_redaction_speed_is_reported_not_asserted(redactor: Redactor) -> None:
         redactor.redact(note)
     per_note_us = (time.perf_counter() - start) / 500 * 1e6
     print(f"free-text redaction: {per_note_us:.0f} us per {len(note)}-char note")
+
+
+# --------------------------------------------------------------------------- old vs new (differential)
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "redactor_speed.py"
+
+
+def _bench_module() -> ModuleType:
+    """``bench/redactor_speed.py``: holds the frozen copy of the original regex-alternation redactor."""
+    spec = importlib.util.spec_from_file_location("redactor_speed_for_deid_tests", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("seed", [3, 17])
+def test_new_redactor_never_keeps_what_the_original_removed(tmp_path: Path, seed: int) -> None:
+    from components.deidentify.transform import provider_redactor
+
+    bench = _bench_module()
+    generate_fhir_bulk(tmp_path, patients=20, seed=seed)
+    export = bench.load_export(tmp_path)
+    new_provider = provider_redactor(export.providers)
+    old_provider = bench.legacy_provider_redactor(export.providers)
+    knowns = {pid: known_identifiers_from_patient(patient) for pid, patient in export.patients.items()}
+    new_redactors = {pid: Redactor(known) for pid, known in knowns.items()}
+    old_redactors = {pid: bench.LegacyRedactor(known) for pid, known in knowns.items()}
+    checked = 0
+    for _, pid, texts in export.resources:
+        for text in texts:
+            new_text, new_counts = new_redactors.get(pid, Redactor()).redact(text)
+            old_text, old_counts = old_redactors.get(pid, bench.LegacyRedactor()).redact(text)
+            new_text, more = new_provider.redact(new_text)
+            new_counts.update(more)
+            old_text, more = old_provider.redact(old_text)
+            old_counts.update(more)
+            assert not bench.kept_tokens(old_text, new_text), "the new redactor keeps a token the original removed"
+            assert bool(new_counts) >= bool(old_counts)
+            checked += 1
+    assert checked > 200
+
+
+def test_overlapping_known_values_are_redacted_as_their_union() -> None:
+    known = KnownIdentifiers(names=("Ann Marie", "Marie Lee"))
+    redacted, counts = Redactor(known, categories=frozenset()).redact("Ann Marie Lee came")
+    assert redacted == "[NAME] came"
+    assert counts == {"name": 1}
+
+
+def test_known_values_fold_case_like_the_regex_engine() -> None:
+    known = KnownIdentifiers(names=("Kline", "Stein", "İpek"), identifiers=("AB-00012",))
+    redacted = Redactor(known, categories=frozenset()).redact("\u212aLINE, ſtein, i̇pek, İPEK, ab00012, AB 00012")[0]
+    assert redacted.count("[NAME]") == 3 and redacted.count("[IDENTIFIER]") == 2, redacted
+
+
+def test_pattern_results_are_cached_without_changing_them() -> None:
+    redactor = Redactor()
+    first = redactor.redact("Take as directed; call 617-555-0100")
+    second = redactor.redact("Take as directed; call 617-555-0100")
+    assert first == second == ("Take as directed; call [PHONE]", {"phone": 1})
+    second[1]["phone"] += 5  # callers own their counters
+    assert redactor.redact("Take as directed; call 617-555-0100")[1] == {"phone": 1}

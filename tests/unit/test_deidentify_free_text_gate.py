@@ -1,35 +1,169 @@
-"""The anchor gate of large known-value alternations gives exactly the full alternation's result."""
+"""The token index of known values redacts what the original regex alternation redacted (frozen copy in bench/)."""
 
+import importlib.util
 import random
+import re
+from pathlib import Path
+from types import ModuleType
 
-from components.deidentify import free_text
 from components.deidentify.free_text import KnownIdentifiers, Redactor
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "redactor_speed.py"
+
+
+def legacy() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("redactor_speed_for_tests", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _known(count: int) -> KnownIdentifiers:
     rnd = random.Random(3)
-    words = ["Ann", "Lee", "O'Brien", "Smith-Jones", "Mercy", "General", "Hospital", "St.", "Kline"]
+    words = ["Ann", "Lee", "O'Brien", "Smith-Jones", "Mercy", "General", "Hospital", "St.", "Kline", "(Dr.)"]
     names = tuple(dict.fromkeys(f"{rnd.choice([*words, 'Zoë'])} {rnd.choice(words)}{n}" for n in range(count)))
     phones = tuple(f"555-{100 + n:03d}-{1000 + n:04d}" for n in range(count // 4))
     identifiers = tuple(f"AB-{n:05d}" for n in range(count // 4))
     addresses = tuple(f"{n} Main St" for n in range(count // 4))
-    return KnownIdentifiers(names=names, identifiers=identifiers, telecom=phones, addresses=addresses)
+    return KnownIdentifiers(
+        names=(*names, "- Ann", "_x"),
+        identifiers=(*identifiers, "999-41-2207", "S99954321"),
+        telecom=(*phones, "ann.lee@example.org", "ext 4411"),
+        addresses=addresses,
+        dates=("1948-07-04", "2021-11-30"),
+    )
 
 
-def test_gated_redactor_equals_full_alternation(monkeypatch) -> None:
-    known = _known(200)
-    gated = Redactor(known, categories=frozenset())
-    monkeypatch.setattr(free_text, "GATED_ALTERNATIVES", 10**9)
-    full = Redactor(known, categories=frozenset())
-    assert gated._gated and not full._gated
+def _texts(known: KnownIdentifiers, count: int) -> list[str]:
     rnd = random.Random(5)
-    values = [*known.names, *known.telecom, *known.identifiers, *known.addresses]
-    texts = ["nothing to see here", "", "Kelvin \u212aline1 and Zoë", "call 1555 100 1000 or +1 (555) 101-1001"]
-    for _ in range(400):
+    values = [*known.names, *known.telecom, *known.identifiers, *known.addresses, "07/04/1948", "July 4, 1948"]
+    texts = [
+        "nothing to see here",
+        "",
+        "Kelvin \u212aline1 and Zoë, ſt. kline2",
+        "call 1555 100 1000 or +1 (555) 101-1001 or 1(555)102-1002 or x1-555-103-1003 or 5551041004",
+        "ids 999412207, 999 41 2207, 99941 2207, s99954321, AB00001, ab-00002x, 4July1948, 19480704",
+    ]
+    for _ in range(count):
         value = rnd.choice(values)
         form = rnd.choice(
-            [value, value.upper(), value.lower(), "1" + value, "x" + value, value + "_", value.replace("-", "")]
+            [
+                value,
+                value.upper(),
+                value.lower(),
+                "1" + value,
+                "x" + value,
+                value + "_",
+                "_" + value,
+                value.replace("-", ""),
+                value.replace(" ", "  "),
+                value.replace(" ", "\n"),
+                f"({value})",
+            ]
         )
         texts.append(f"seen {form}; also {rnd.choice(values)} at 2020-01-02")
-    for text in texts:
-        assert gated.redact(text) == full.redact(text), text
+    return texts
+
+
+def kept(old: str, new: str) -> set[str]:
+    """Letter/digit tokens of ``new`` that ``old`` had removed."""
+    old_tokens = re.findall(r"[^\W_]+", old.casefold())
+    new_tokens = re.findall(r"[^\W_]+", new.casefold())
+    return {token for token in set(new_tokens) if new_tokens.count(token) > old_tokens.count(token)}
+
+
+def test_token_index_equals_the_original_alternation() -> None:
+    module = legacy()
+    known = _known(200)
+    new = Redactor(known, categories=frozenset())
+    old = module.LegacyRedactor(known, categories=frozenset())
+    differ = []
+    for text in _texts(known, 600):
+        new_text, new_counts = new.redact(text)
+        old_text, old_counts = old.redact(text)
+        assert not kept(old_text, new_text), (text, old_text, new_text)
+        if (new_text, new_counts) != (old_text, old_counts):
+            differ.append((text, old_text, new_text))
+    assert differ == []
+
+
+def test_patient_sized_redactor_equals_the_original_with_patterns() -> None:
+    module = legacy()
+    known = _known(12)
+    new, old = Redactor(known), module.LegacyRedactor(known)
+    for text in _texts(known, 300):
+        assert new.redact(text) == old.redact(text), text
+
+
+def test_pattern_rules_equal_the_original_rules() -> None:
+    module = legacy()
+    rnd = random.Random(11)
+    pieces = [
+        "MA 02139",
+        "MA, 02139",
+        "MA ,02139",
+        "MA\n\t02139-1234",
+        "xMA 02139",
+        "New York 10001",
+        "New  York 10001",
+        "Arkansas 72201",
+        "West Virginia 25301",
+        "Texas, 75001-",
+        "TX 750012",
+        "CA 90210_",
+        "(CA 90210)",
+        "ca 90210",
+        "April 5, 2021",
+        "5th of April",
+        "seen 04/05/2021",
+        "1.2.3.4",
+        "fe80::1",
+        "SSN 123456789",
+        "age 95",
+        "may 2",
+        "May 2",
+        "MAY 2, 2021",
+        "Sept 5",
+        "SEPT. 5th",
+        "Septem 5",
+        "JANuary 5",
+        "5 JUNE 2020",
+        "June2020",
+        "3rd of Jun. 1999",
+        "June, 2020",
+        "ab:cd:ef:01:23:45:67:89",
+        "1:2:3:4:5:6:7:8",
+        "t 10:30: a: b: c: d: e: f:",
+        "123-45-6789",
+        "x123-45-6789",
+        "-123 45 6789",
+        "123 45-6789",
+        "WWW.x.org",
+        "HTTPS://X.ORG/a",
+        "2021-04-05",
+        "x2021-04-05",
+        "/2021/4/5",
+        ".20210405",
+        "-1999-01-01",
+        "_1999-01-01T10:30Z",
+        "1899/12/31",
+        "19991231",
+        "a19991231",
+        "93-year-old",
+        "93 YEARS OLD",
+        "101 yrs-old",
+        "95yo",
+        "95 Y/O",
+        "99 y.o.",
+        "MRN: A1234567",
+        "#1234567",
+        "call 617-555-0100 x12",
+        "phone 6175550100",
+        "a@b.org",
+        "www.x.org/a",
+    ]
+    redactor, old = Redactor(), module.LegacyRedactor()
+    for _ in range(400):
+        text = " ".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 4)))
+        assert redactor.redact(text) == old.redact(text), text

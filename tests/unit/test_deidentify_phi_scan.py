@@ -173,7 +173,7 @@ def test_first_token_prefilter_never_skips_a_line_holding_the_value(tmp_path: Pa
 
     generate_fhir_bulk(tmp_path, patients=4, seed=11)
     lines = [line for path in sorted(tmp_path.glob("*.ndjson")) for line in path.read_bytes().splitlines()]
-    lines.append('{"resourceType":"Patient","id":"p","name":[{"family":"\\u0051uixote"}]}'.encode())
+    lines.append(b'{"resourceType":"Patient","id":"p","name":[{"family":"\\u0051uixote"}]}')
     lines.append('{"resourceType":"Patient","id":"q","name":[{"family":"ſmith"}]}'.encode())
     checked = 0
     for raw in lines:
