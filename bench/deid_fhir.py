@@ -20,6 +20,7 @@ leak. For clinflow the top matched values are printed, so a hit can be judged (e
 that is also a coded display such as the race ``White``).
 
     .venvs/platform/bin/python bench/deid_fhir.py                       # 2000 generated patients (+ shared data)
+    .venvs/platform/bin/python bench/deid_fhir.py --workers 2 --no-shared   # also 2 DirectRunner worker processes
     .venvs/platform/bin/python bench/deid_fhir.py --patients 500 --no-shared
     .venvs/platform/bin/python bench/deid_fhir.py --input ../shared/data/fhir-bulk-100 --patients 0
 """
@@ -296,8 +297,8 @@ def run_baseline(source, output):
     return time.perf_counter() - started, count
 
 
-def run_stage(source, work):
-    """Runs the clinflow deidentify CLI; returns (seconds, returncode, stderr tail, output dir)."""
+def run_stage(source, work, beam_args=()):
+    """Runs the clinflow deidentify CLI; returns (seconds, returncode, stderr tail, output dir, phase timings)."""
     output = work / "out"
     args = [
         sys.executable,
@@ -309,12 +310,15 @@ def run_stage(source, work):
         "--report", str(work / "report.html"),
         "--report-json", str(work / "report-json"),
         "--metrics", str(work / "metrics.json"),
+        *(["--", *beam_args] if beam_args else []),
     ]  # fmt: skip
     env = {**os.environ, "CLINFLOW_HMAC_KEY": BENCH_KEY, "PYTHONPATH": str(REPO_ROOT)}
     started = time.perf_counter()
     done = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
-    return seconds, done.returncode, (done.stderr or "").strip().splitlines()[-6:], output
+    report = work / "report-json" / "deid_report.json"
+    timings = json.loads(report.read_text()).get("timings_seconds", {}) if report.exists() else {}
+    return seconds, done.returncode, (done.stderr or "").strip().splitlines()[-6:], output, timings
 
 
 def print_table(title, rows, header):
@@ -330,34 +334,41 @@ def print_table(title, rows, header):
         )
 
 
-def bench_dataset(label, source, work, overhead):
+def stage_rows(name, count, seconds, overhead, base_rate, timings):
+    """Throughput rows of one stage run: wall, net of start-up, and the de-identify pipeline alone."""
+    net = max(seconds - overhead, 1e-9)
+    rows = [
+        [f"{name} (wall)", f"{seconds:.2f}", f"{count / seconds:,.0f}", f"{count / seconds / base_rate:.2f}x"],
+        [f"{name} (net of start-up)", f"{net:.2f}", f"{count / net:,.0f}", f"{count / net / base_rate:.2f}x"],
+    ]
+    deid = timings.get("deidentify")
+    if deid:
+        rate = count / deid
+        rows.append([f"{name}: de-identify pipeline only", f"{deid:.2f}", f"{rate:,.0f}", f"{rate / base_rate:.2f}x"])
+    scan = timings.get("residual_scan")
+    if scan:
+        rows.append([f"{name}: residual-PHI scan only", f"{scan:.2f}", f"{count / scan:,.0f}", "-"])
+    return rows
+
+
+def bench_dataset(label, source, work, overhead, workers=0):
     print(f"\n=== {label}: {source}", flush=True)
     global_index, per_patient, patient_ids, count = build_indexes(source)
     print(f"input: {count:,} resources, {len(patient_ids):,} patients", flush=True)
 
     base_seconds, base_count = run_baseline(source, work / "baseline")
-    stage_seconds, code, tail, stage_out = run_stage(source, work / "clinflow")
+    stage_seconds, code, tail, stage_out, timings = run_stage(source, work / "clinflow")
     base_rate = base_count / base_seconds
     rows = [["baseline (Safe Harbor reference)", f"{base_seconds:.2f}", f"{base_rate:,.0f}", "1.00x"]]
     if code == 0:
-        stage_rate = count / stage_seconds
-        net = max(stage_seconds - overhead, 1e-9)
-        rows.append(
-            [
-                "clinflow deidentify (wall)",
-                f"{stage_seconds:.2f}",
-                f"{stage_rate:,.0f}",
-                f"{stage_rate / base_rate:.2f}x",
-            ]
-        )
-        rows.append(
-            [
-                "clinflow deidentify (net of start-up)",
-                f"{net:.2f}",
-                f"{count / net:,.0f}",
-                f"{count / net / base_rate:.2f}x",
-            ]
-        )
+        rows += stage_rows("clinflow", count, stage_seconds, overhead, base_rate, timings)
+        if workers > 1:
+            multi = ("--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing")
+            seconds, multi_code, multi_tail, _, multi_timings = run_stage(source, work / "clinflow-workers", multi)
+            if multi_code == 0:
+                rows += stage_rows(f"clinflow {workers} workers", count, seconds, overhead, base_rate, multi_timings)
+            else:
+                print("clinflow stage with workers failed:\n  " + "\n  ".join(multi_tail))
     else:
         rows.append(["clinflow deidentify (FAILED)", f"{stage_seconds:.2f}", f"exit {code}", "-"])
         print("clinflow stage failed:\n  " + "\n  ".join(tail))
@@ -396,7 +407,7 @@ def bench_dataset(label, source, work, overhead):
 def measure_overhead(work):
     tiny = work / "tiny"
     generate_fhir_bulk(tiny, patients=1, seed=1)
-    seconds, code, tail, _ = run_stage(tiny, work / "tiny-clinflow")
+    seconds, code, tail, _, _ = run_stage(tiny, work / "tiny-clinflow")
     if code != 0:
         print("clinflow stage failed on the one-patient export:\n  " + "\n  ".join(tail))
         return 0.0
@@ -410,6 +421,12 @@ def main():
     parser.add_argument("--input", action="append", default=[], help="extra NDJSON export directory (repeatable)")
     parser.add_argument("--no-shared", action="store_true", help=f"skip {SHARED_EXPORT}")
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a new temp dir, removed)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="also run the stage with this many DirectRunner worker processes (multi_processing); 0: skip",
+    )
     args = parser.parse_args()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="deid-fhir-bench-"))
@@ -428,7 +445,7 @@ def main():
             datasets.append(("shared Synthea export", SHARED_EXPORT))
         datasets += [(f"input {path}", Path(path)) for path in args.input]
         for number, (label, source) in enumerate(datasets):
-            bench_dataset(label, source, work / f"run-{number}", overhead)
+            bench_dataset(label, source, work / f"run-{number}", overhead, args.workers)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

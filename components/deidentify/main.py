@@ -260,7 +260,9 @@ def run_stage(args: argparse.Namespace, beam_args: Sequence[str]) -> dict[str, A
         f"runner {options.view_as(StandardOptions).runner}",
         file=sys.stderr,
     )
+    timings: dict[str, float] = {}
     try:
+        started = time.perf_counter()
         pipeline.run_deidentify(
             input_files,
             key,
@@ -273,6 +275,7 @@ def run_stage(args: argparse.Namespace, beam_args: Sequence[str]) -> dict[str, A
             input_dir=args.input_data,
             lanes=[lane for lane in lanes if lane in pipeline.LANES],
         )
+        timings["deidentify"] = time.perf_counter() - started
         if reid_path is not None and os.path.exists(reid_path):
             os.chmod(reid_path, 0o600)
         stats = pipeline.read_json(FileSystems.join(work_dir, pipeline.STATS_FILE))
@@ -283,7 +286,9 @@ def run_stage(args: argparse.Namespace, beam_args: Sequence[str]) -> dict[str, A
         ]
         scanned.append(FileSystems.join(args.dead_letter, DEAD_LETTER_FILE))
         print("deidentify: residual-PHI scan of the written outputs", file=sys.stderr)
+        started = time.perf_counter()
         pipeline.run_scan(input_files, scanned, work_dir, options, the_policy)
+        timings["residual_scan"] = time.perf_counter() - started
         scan = pipeline.read_json(FileSystems.join(work_dir, pipeline.SCAN_FILE))
     finally:
         if FileSystems.exists(work_dir):
@@ -297,6 +302,7 @@ def run_stage(args: argparse.Namespace, beam_args: Sequence[str]) -> dict[str, A
         the_policy,
         lanes=lanes,
         reid_map_written=reid_path is not None,
+        timings=timings,
     )
 
 
@@ -360,7 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{totals['dead_letter']:,} dead-lettered -> {os.path.join(args.dead_letter, DEAD_LETTER_FILE)}; "
         f"residual PHI hits 0 in {scan['lines_scanned']:,} lines; k-anonymity k={document['k_anonymity']['k']}; "
         f"policy {document['policy_version']}; report {args.report}; "
-        f"{elapsed:.1f}s ({totals['in'] / max(elapsed, 1e-9):,.0f} resources/s)",
+        f"{elapsed:.1f}s ({totals['in'] / max(elapsed, 1e-9):,.0f} resources/s; "
+        + ", ".join(f"{phase} {seconds:.1f}s" for phase, seconds in document["timings_seconds"].items())
+        + ")",
         file=sys.stderr,
     )
     return 0

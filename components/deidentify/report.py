@@ -104,6 +104,7 @@ def build_report(
     the_policy: Policy,
     lanes: Mapping[str, Any] | None = None,
     reid_map_written: bool = False,
+    timings: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Assembles the report document from the two pipelines' counts.
 
@@ -116,6 +117,7 @@ def build_report(
         the_policy: The policy that ran.
         lanes: Per input subdirectory (dicom/, device_logs/, documents/): files and status.
         reid_map_written: Whether a re-identification map was written (never its place or content).
+        timings: Wall seconds per phase (``deidentify``, ``residual_scan``).
 
     Returns:
         The JSON-serialisable report.
@@ -174,6 +176,7 @@ def build_report(
         "policy_version": the_policy.label,
         "code_sha256": policy.code_sha256(),
         "runner": runner,
+        "timings_seconds": {name: round(seconds, 2) for name, seconds in (timings or {}).items()},
         "output_naming": OUTPUT_NAMING,
         "date_rule": DATE_RULES[fhir["dates"]["mode"]],
         "age_rule": (
