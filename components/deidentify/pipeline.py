@@ -53,6 +53,7 @@ in memory, Dataflow/Flink/Spark keep side inputs and shuffles on disk.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import re
 import sys
@@ -87,6 +88,8 @@ from components.deidentify.transform import (
 RESOURCE_TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 PROGRESS_EVERY = 20000
 BATCH_LINES = 1000  # input lines per element: one DoFn call de-identifies a batch (less per-element overhead)
+CHUNK_BYTES = 16 << 20  # byte range of a file read by one DoFn call (big files spread across workers)
+PLAN_BLOCK_BYTES = 1 << 20
 DEAD = "dead"
 KNOWN = "known"
 LINKS = "links"
@@ -159,12 +162,47 @@ def _safe_message(message: str) -> str:
     return re.sub(r"[^a-zA-Z ,:\-]", "", message).strip()[:80]
 
 
-class ReadNumberedLines(beam.DoFn):
-    """Reads one NDJSON file (plain or gzipped, any Beam filesystem) as batches of numbered lines.
+class PlanChunks(beam.DoFn):
+    """Splits one NDJSON file into byte ranges of whole lines, so big files spread across workers.
 
-    Emits ``(source path, [(line number, raw bytes), ...])`` with up to ``BATCH_LINES`` non-blank
-    lines per element (in file order); a truncated or corrupt gzip stream ends with one
-    dead-letter record for the unreadable rest.
+    Emits ``(path, start, end, first line number)``: uncompressed files are read in blocks of
+    ``block_bytes`` and cut at the last newline of the block where a range reaches
+    ``chunk_bytes`` (line numbers come from counting the newlines before each cut, so dead letters
+    name the same line as a whole-file read); a gzipped file is one range (``end`` = -1: read to
+    the end of the stream). An empty file has no range.
+    """
+
+    def __init__(self, chunk_bytes: int = CHUNK_BYTES, block_bytes: int = PLAN_BLOCK_BYTES) -> None:
+        self._chunk_bytes = chunk_bytes
+        self._block_bytes = block_bytes
+
+    def process(self, path: str) -> Iterator[tuple[str, int, int, int]]:
+        """Yields the ranges of one file."""
+        if path.endswith(".gz"):
+            yield path, 0, -1, 1
+            return
+        start, first_line, newlines, position = 0, 1, 0, 0
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            while block := handle.read(self._block_bytes):
+                cut = block.rfind(b"\n") if position + len(block) - start >= self._chunk_bytes else -1
+                if cut < 0:
+                    newlines += block.count(b"\n")
+                else:
+                    newlines += block.count(b"\n", 0, cut + 1)
+                    yield path, start, position + cut + 1, first_line
+                    start, first_line = position + cut + 1, first_line + newlines
+                    newlines = block.count(b"\n", cut + 1)
+                position += len(block)
+        if position > start:
+            yield path, start, position, first_line
+
+
+class ReadNumberedLines(beam.DoFn):
+    """Reads one byte range of an NDJSON file (plain or gzipped, any Beam filesystem) as batches of numbered lines.
+
+    Input: a range from ``PlanChunks``. Emits ``(source path, [(line number, raw bytes), ...])`` with
+    up to ``BATCH_LINES`` non-blank lines per element (in file order); a truncated or corrupt gzip
+    stream ends with one dead-letter record for the unreadable rest.
     """
 
     def __init__(self, count: bool = True) -> None:
@@ -174,15 +212,20 @@ class ReadNumberedLines(beam.DoFn):
         """Resets the per-bundle counts."""
         self._stats: Counter[str] = Counter()
 
-    def process(self, path: str) -> Iterator[Any]:
-        """Yields the numbered lines of one file, in batches."""
-        number = 0
+    def process(self, element: tuple[str, int, int, int]) -> Iterator[Any]:
+        """Yields the numbered lines of one range, in batches."""
+        path, start, end, first_line = element
+        number = first_line - 1
         name = os.path.basename(path)
         batch: list[tuple[int, bytes]] = []
         try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
-                stream = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
-                for number, line in enumerate(stream, start=1):
+                if end < 0:
+                    stream: Any = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+                else:
+                    raw.seek(start)
+                    stream = io.BytesIO(raw.read(end - start))
+                for number, line in enumerate(stream, start=first_line):
                     if line.strip():
                         batch.append((number, line))
                         if len(batch) >= BATCH_LINES:
@@ -613,9 +656,12 @@ def _write_json(pcoll: beam.PCollection, label: str, path_prefix: str) -> None:
 
 
 def _read_lines(pipeline: beam.Pipeline, label: str, files: Sequence[str], count: bool = True) -> Any:
+    """Reads files as batches of numbered lines: planned byte ranges, redistributed, then read."""
     return (
         pipeline
         | f"{label}Files" >> beam.Create(list(files))
+        | f"{label}Chunks" >> beam.ParDo(PlanChunks())
+        | f"{label}Spread" >> beam.Reshuffle()
         | f"{label}Lines" >> beam.ParDo(ReadNumberedLines(count)).with_outputs(DEAD, STATS, main="lines")
     )
 
