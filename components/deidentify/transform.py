@@ -104,6 +104,7 @@ class SubtreeMemo:
         attempts: Lookups per path.
         hits: Hits per path.
         disabled: Paths no longer memoised (low hit rate, or their objects always touch the context).
+        trusted: Paths past their trial with a good hit rate (no longer counted).
     """
 
     def __init__(self, rules: FhirRules) -> None:
@@ -113,15 +114,21 @@ class SubtreeMemo:
         self.attempts: Counter[str] = Counter()
         self.hits: Counter[str] = Counter()
         self.disabled: set[str] = set()
+        self.trusted: set[str] = set()
 
     def lookup(self, path: str, blob: bytes) -> Any:
-        """The memoised walk of ``blob`` at ``path``, or None (and counts the attempt)."""
-        attempts = self.attempts[path] = self.attempts[path] + 1
+        """The memoised walk of ``blob`` at ``path``, or None (counts the attempt during the trial)."""
         found = self.entries.get((path, blob))
+        if path in self.trusted:
+            return found
+        attempts = self.attempts[path] = self.attempts[path] + 1
         if found is not None:
             self.hits[path] += 1
-        elif attempts >= MEMO_TRIAL_ATTEMPTS and self.hits[path] < attempts * MEMO_MIN_HIT_RATE:
-            self.disabled.add(path)
+        if attempts >= MEMO_TRIAL_ATTEMPTS:
+            if self.hits[path] < attempts * MEMO_MIN_HIT_RATE:
+                self.disabled.add(path)
+            else:
+                self.trusted.add(path)
         return found
 
     def store(self, path: str, blob: bytes, walked: Any) -> None:
@@ -382,8 +389,13 @@ def _walk_object(obj: dict[str, Any], path: str, ctx: WalkContext, root: str | N
         kind = type(value)
         if value is None or key in special:
             new = _element(key, value, obj, path, ctx, root)
-        elif kind is str and key in code_keys:
-            new = value  # codes, systems, units: kept (the first rule of ``_string``)
+        elif kind is str:
+            if key in code_keys:
+                new = value  # codes, systems, units: kept (the first rule of ``_string``)
+            elif looks_like_date(value, key):
+                new = _date(key, value, ctx)  # the second rule of ``_string``
+            else:
+                new = _other_string(key, value, obj, _path(path, key), ctx)
         elif kind is int or kind is float or kind is bool:
             new = value
         else:
@@ -514,6 +526,12 @@ def _string(key: str, value: str, parent: dict[str, Any], path: str, ctx: WalkCo
         return value
     if looks_like_date(value, key):
         return _date(key, value, ctx)
+    return _other_string(key, value, parent, path, ctx)
+
+
+def _other_string(key: str, value: str, parent: dict[str, Any], path: str, ctx: WalkContext) -> Any:
+    """Classifies a string leaf that is neither a code nor a date (the rest of step 7)."""
+    rules = ctx.rules
     if key in rules.token_keys:
         return value
     if key == "display" and ("code" in parent or "system" in parent):
