@@ -7,13 +7,16 @@ redactor and the export's provider redactor (``components.deidentify.transform.p
 with both implementations, and prints build microseconds, microseconds per text and per resource
 (patient redactor then provider redactor, as ``transform._free_text`` does) per resource type, and
 the ratios. It also counts texts whose outputs differ and texts where the new output keeps a
-letter/digit token the old one removed (must be 0).
+letter/digit token the old one removed (must be 0). First it times the pattern pass alone (the rules
+after the known values, uncached) on the export's clinical notes (DocumentReference texts) and on
+notes joined eight at a time, old vs new, and counts differing outputs (must be 0).
 
 The old implementation is kept here as a frozen copy (``LegacyRedactor``, ``legacy_provider_redactor``)
 so the differential test ``tests/deid/test_free_text.py`` can compare against it too.
 
     .venvs/platform/bin/python bench/redactor_speed.py
     .venvs/platform/bin/python bench/redactor_speed.py --input /tmp/g500 --patients 500
+    .venvs/platform/bin/python bench/redactor_speed.py --pattern-pass-only
 """
 
 import argparse
@@ -693,12 +696,79 @@ def time_redaction(
     return per_type, counts, time.perf_counter() - start_all, outputs
 
 
+def legacy_pattern_pass(text: str) -> tuple[str, Counter[str]]:
+    """The legacy pattern rules that run after the known values (every category), on one text."""
+    counts: Counter[str] = Counter()
+    for rule in _RULES:
+        if rule.category not in {"email", "url"}:
+            text = _substitute(rule, text, counts)
+    return text, counts
+
+
+def new_pattern_pass() -> Any:
+    """The new pattern pass after the known values (every category), uncached: ``text -> (text, counts)``."""
+    from components.deidentify import free_text
+
+    late = free_text._pattern_passes(CATEGORIES)[1]
+
+    def apply(text: str) -> tuple[str, Counter[str]]:
+        counts: Counter[str] = Counter()
+        run = late._apply_ascii if text.isascii() else late._apply_any
+        return run(text, counts), counts
+
+    return apply
+
+
+def time_pattern_pass(texts: list[str], rounds: int = 5) -> dict[str, float]:
+    """Microseconds per text of the pattern pass, old and new, best of interleaved rounds (load-robust)."""
+    implementations = {"old": legacy_pattern_pass, "new": new_pattern_pass()}
+    best = dict.fromkeys(implementations, float("inf"))
+    for round_number in range(rounds):
+        for label, apply in implementations.items():
+            start = time.perf_counter()
+            for text in texts:
+                apply(text)
+            best[label] = min(best[label], time.perf_counter() - start)
+        print(f"    pattern pass round {round_number + 1}/{rounds}", file=sys.stderr)
+    return {label: seconds / max(1, len(texts)) * 1e6 for label, seconds in best.items()}
+
+
+def pattern_pass_report(export: Export, rounds: int) -> int:
+    """Prints the pattern-pass microseconds per clinical note (DocumentReference texts) old vs new; checks outputs."""
+    notes = [
+        max(items, key=len) for resource_type, _, items in export.resources if resource_type == "DocumentReference"
+    ]
+    if not notes:
+        print("pattern pass: no DocumentReference texts in the export")
+        return 0
+    new = new_pattern_pass()
+    differ = sum(1 for text in notes if new(text) != legacy_pattern_pass(text))
+    long_notes = ["\n".join(notes[index : index + 8]) for index in range(0, min(len(notes), 4000), 8)]
+    differ += sum(1 for text in long_notes if new(text) != legacy_pattern_pass(text))
+    sample = notes[: min(len(notes), 3000)]
+    per_note = time_pattern_pass(sample, rounds)
+    per_long = time_pattern_pass(long_notes[:300], max(2, rounds // 2))
+    mean = sum(map(len, sample)) / len(sample)
+    mean_long = sum(map(len, long_notes[:300])) / max(1, len(long_notes[:300]))
+    print(
+        f"pattern pass (rules after the known values, uncached, raw notes): {len(sample)} notes of {mean:.0f} chars: "
+        f"old {per_note['old']:.1f} us, new {per_note['new']:.1f} us per note "
+        f"({per_note['old'] / per_note['new']:.1f}x); "
+        f"{len(long_notes[:300])} notes of 8 joined ({mean_long:.0f} chars): old {per_long['old']:.1f} us, "
+        f"new {per_long['new']:.1f} us ({per_long['old'] / per_long['new']:.1f}x)"
+    )
+    print(f"pattern pass outputs: {differ} of {len(notes) + len(long_notes)} texts differ (must be 0)")
+    return 1 if differ else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=Path, default=Path("/tmp/g2000"))
     parser.add_argument("--patients", type=int, default=2000, help="patients to generate when --input is missing")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-legacy", action="store_true", help="measure the new redactor only")
+    parser.add_argument("--pattern-pass-only", action="store_true", help="only the pattern pass on clinical notes")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds of the pattern pass")
     args = parser.parse_args(argv)
     if not args.input.exists():
         from clinflow.synthetic import generate_fhir_bulk
@@ -715,6 +785,9 @@ def main(argv: list[str] | None = None) -> int:
         f"(mean {sum(map(len, texts)) / max(1, len(texts)):.0f} chars, max {max(map(len, texts), default=0)}), "
         f"{len(export.providers)} provider values"
     )
+    pattern_status = pattern_pass_report(export, args.rounds)
+    if args.pattern_pass_only:
+        return pattern_status
     from components.deidentify.transform import provider_redactor
 
     implementations: list[tuple[str, Any, Any]] = [("new", Redactor, provider_redactor)]
@@ -761,8 +834,8 @@ def main(argv: list[str] | None = None) -> int:
                     if kept_tokens(old_text, new_text):
                         weaker += 1
         print(f"outputs: {differ} of {len(texts)} texts differ; {weaker} keep a token the old redactor removed")
-        return 1 if weaker else 0
-    return 0
+        return 1 if weaker or pattern_status else 0
+    return pattern_status
 
 
 if __name__ == "__main__":

@@ -323,3 +323,40 @@ def test_pattern_results_are_cached_without_changing_them() -> None:
     assert first == second == ("Take as directed; call [PHONE]", {"phone": 1})
     second[1]["phone"] += 5  # callers own their counters
     assert redactor.redact("Take as directed; call 617-555-0100")[1] == {"phone": 1}
+
+
+def test_long_notes_equal_the_original_redactor_exactly(tmp_path: Path) -> None:
+    """Generated clinical notes joined across newlines, with PHI-like snippets between: byte-identical output."""
+    import random
+
+    bench = _bench_module()
+    generate_fhir_bulk(tmp_path, patients=12, seed=5)
+    export = bench.load_export(tmp_path)
+    notes = [
+        max(texts, key=len) for resource_type, _, texts in export.resources if resource_type == "DocumentReference"
+    ]
+    assert len(notes) > 20
+    snippets = [
+        "MRN:\n12345678",
+        "call +1 (555) 234-5678 x12",
+        "seen 4th of September, 2018",
+        "DOB 10/04/1959; 9/18/18",
+        "Seattle, WA\n98165-1234",
+        "SSN 123-45-6789",
+        "a 95-year-old",
+        "#1234567",
+        "2020-01-02T10:30:00Z",
+        "IP 10.0.0.1",
+        "Zoë Kline, 01/02/2003",
+    ]
+    rnd = random.Random(41)
+    knowns = {pid: known_identifiers_from_patient(patient) for pid, patient in export.patients.items()}
+    patient_ids = sorted(knowns)
+    for index in range(0, len(notes), 4):
+        pieces = []
+        for note in notes[index : index + 4]:
+            pieces += [note, rnd.choice(["\n", "\n\n", " ", ""]), rnd.choice(snippets), rnd.choice(["\n", "\t", ", "])]
+        text = "".join(pieces)
+        known = knowns[patient_ids[index % len(patient_ids)]]
+        assert Redactor().redact(text) == bench.LegacyRedactor().redact(text)
+        assert Redactor(known).redact(text) == bench.LegacyRedactor(known).redact(text)

@@ -3,6 +3,7 @@
 import importlib.util
 import random
 import re
+from collections import Counter
 from pathlib import Path
 from types import ModuleType
 
@@ -167,3 +168,132 @@ def test_pattern_rules_equal_the_original_rules() -> None:
     for _ in range(400):
         text = " ".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 4)))
         assert redactor.redact(text) == old.redact(text), text
+
+
+# --------------------------------------------------------------------------- pattern pass: fast ASCII road
+
+_PHI_SNIPPETS = [
+    "+1 (555) 234-5678",
+    "1-555-234-5678 ext. 12",
+    "1.555.234.5678",
+    "(555)234-5678",
+    "555 234 5678 x 9",
+    "555-234-5678-",
+    "+555-234-5678",
+    "5552345678",
+    "phone: 5552345678",
+    "Tel #5552345678",
+    "10/04/1959",
+    "9/18/18",
+    "09-04-2018 18:08",
+    "1.2.20",
+    "12/31/99.5",
+    "3/4/5/2020",
+    "2020-01-02T10:30:00Z",
+    "2020-01-02 10:30:00.123+05:00",
+    "1899/12/31",
+    "20210405",
+    "19991231x",
+    "4th of September, 2018",
+    "4 SEPT 2018",
+    "5-Jun-2020",
+    "September 4, 2018",
+    "Sept. 5th",
+    "JANUARY 2020",
+    "Dec, 1999",
+    "on the 3rd of Jun. 1999",
+    "MRN: 69650364",
+    "MRN:\n A123-45",
+    "mr # 12345",
+    "Medical Record Number: AB1234",
+    "patient id 123-4567",
+    "acct#9876543",
+    "account no. X12345",
+    "#1234567",
+    "&#1234567",
+    "Seattle, WA 98165",
+    "New York 10001-1234",
+    "West Virginia\n25301",
+    "MA,02139",
+    "xMA 02139",
+    "TX 750012",
+    "02139-1234",
+    "123-45-6789",
+    "123 45 6789",
+    "123\t45\t6789",
+    "SSN 123456789",
+    "social security no. 123456789",
+    "95-year-old",
+    "101 YEARS OLD",
+    "93 yrs-old",
+    "99 y.o.",
+    "95yo",
+    "aged 92",
+    "Age: 140",
+    "58-year-old",
+    "1.2.3.4",
+    "255.255.255.255.1",
+    "fe80::1",
+    "a@b.org",
+    "www.x.org",
+]
+_FILLER = [
+    "seen",
+    "for",
+    "BP 132/84",
+    "lisinopril 10 MG",
+    "x",
+    "Dr.",
+    "at",
+    "on",
+    "(",
+    ")",
+    "-",
+    "/",
+    ".",
+    ",",
+    "1",
+    "22",
+]
+_JOINERS = [" ", "  ", "\n", "\n\n", "\t", "", ", ", "-", "/", ".", ":", "\x1c", "\r\n", "#"]
+
+
+def _long_phi_text(rnd: random.Random, parts: int) -> str:
+    out = []
+    for _ in range(parts):
+        out.append(rnd.choice(_PHI_SNIPPETS) if rnd.random() < 0.6 else rnd.choice(_FILLER))
+        out.append(rnd.choice(_JOINERS))
+    return "".join(out)
+
+
+def test_fast_ascii_pattern_pass_equals_the_reference_and_the_legacy_rules() -> None:
+    from components.deidentify.free_text import CATEGORIES, _pattern_passes
+
+    module = legacy()
+    late = _pattern_passes(CATEGORIES)[1]
+    legacy_late = [rule for rule in module._RULES if rule.category not in {"email", "url"}]
+    rnd = random.Random(23)
+    checked = 0
+    for _ in range(700):
+        text = _long_phi_text(rnd, rnd.randint(1, 60))
+        fast_counts: Counter[str] = Counter()
+        reference_counts: Counter[str] = Counter()
+        fast = late._apply_ascii(text, fast_counts)
+        reference = late._apply_any(text, reference_counts)
+        old_counts: Counter[str] = Counter()
+        old = text
+        for rule in legacy_late:
+            old = module._substitute(rule, old, old_counts)
+        assert (fast, fast_counts) == (reference, reference_counts) == (old, old_counts), text
+        checked += 1
+    assert checked == 700
+
+
+def test_non_ascii_texts_take_the_reference_road_with_the_same_result() -> None:
+    module = legacy()
+    rnd = random.Random(29)
+    for _ in range(150):
+        text = _long_phi_text(rnd, rnd.randint(1, 30))
+        position = rnd.randint(0, len(text))
+        text = text[:position] + rnd.choice(["é", "٣", "\u2003", "ſ", "\u212a"]) + text[position:]
+        assert Redactor().redact(text) == module.LegacyRedactor().redact(text), text
