@@ -4,7 +4,11 @@ Measured on the same data in one run (microseconds per item, single process):
 
 * extraction per input resource: ``orjson.loads`` + every value's ``searchable`` + ``seq_key`` (old:
   ``resource_phi`` generator walk; new: ``extract_entries``, and ``resource_phi`` for comparison);
-* Bloom build per value (``add_sequence``);
+* Bloom build per value (``add_sequence``; and ``add_sequences`` on pipeline-sized batches, which must set
+  the same bits);
+* values per resource: ``resource_phi_list`` with the raw-line marker tests vs walking every object;
+* the confirmation pass's first-token pre-filter per input line: one case-insensitive pattern vs
+  ``may_hold_any`` (substring tests of the lower-cased line for few tokens);
 * candidates per output line (old ``line_candidates(str)``; new ``line_candidates(str)`` and
   ``line_candidates_bytes(raw)``), after one warm-up pass per implementation (the per-worker caches
   are warm in a real scan after the first lines).
@@ -28,6 +32,7 @@ import binascii
 import glob
 import hashlib
 import os
+import re
 import sys
 import tempfile
 import time
@@ -42,8 +47,9 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from components.deidentify import phi_scan
+
+BATCH_SEQUENCES = 1400  # about one pipeline batch of input lines (``BATCH_LINES``) worth of values
 
 # ---------------------------------------------------------------------------------------------------
 # Frozen copy of the previous implementation (components/deidentify/phi_scan.py before the speed-up).
@@ -446,6 +452,26 @@ def main() -> None:
     old_seconds, _ = timed(old_bloom.add_sequence, sequences)
     new_seconds, _ = timed(new_bloom.add_sequence, sequences)
     rows.append(("bloom add / value", old_seconds, new_seconds, len(sequences)))
+    batched_bloom = phi_scan.Bloom.empty(args.bloom_bits, 7)
+    batches = [sequences[start : start + BATCH_SEQUENCES] for start in range(0, len(sequences), BATCH_SEQUENCES)]
+    batch_seconds, _ = timed(batched_bloom.add_sequences, batches)
+    rows.append(("  add_sequence vs add_sequences (batches)", new_seconds, batch_seconds, len(sequences)))
+    same_bits = batched_bloom.array == new_bloom.array and batched_bloom.items == new_bloom.items
+
+    marker_seconds, marker_values = timed(lambda raw: phi_scan.resource_phi_list(orjson.loads(raw), raw), inputs)
+    walk_seconds, walk_values = timed(lambda raw: phi_scan.resource_phi_list(orjson.loads(raw)), inputs)
+    rows.append(("values / resource: marker tests vs walk all", marker_seconds, walk_seconds, len(inputs)))
+    same_values = same_values and all(Counter(a) == Counter(b) for a, b in zip(marker_values, walk_values, strict=True))
+
+    tokens = [b"white", b"windmill"]  # few first tokens, rarely present (a clean output's candidates)
+    pattern = re.compile(b"|".join(re.escape(token) for token in tokens), re.IGNORECASE)
+    token_filter = phi_scan.first_token_filter(tokens)
+    regex_seconds, regex_kept = timed(lambda raw: pattern.search(raw) is not None, inputs)
+    filter_seconds, filter_kept = timed(lambda raw: phi_scan.may_hold_any(raw, token_filter), inputs)
+    rows.append(("confirm pre-filter / line: regex vs substrings", regex_seconds, filter_seconds, len(inputs)))
+    same_filter = all(
+        new or not old for old, new in zip(regex_kept, filter_kept, strict=True)
+    )  # substrings keep every line the pattern keeps (and escaped / non-ASCII lines)
 
     texts = [raw.decode("utf-8", errors="replace") for raw in outputs]
     for text in texts[:2000]:  # warm both per-worker caches the same way
@@ -466,6 +492,8 @@ def main() -> None:
     for label, old, new, items in rows:
         print(f"{label:44} {per_item(old, items):9.2f} {per_item(new, items):9.2f} {old / new:8.1f}x")
     print(f"values: {sum(old_multiset.values()):,} old, {sum(new_multiset.values()):,} new; identical: {same_values}")
+    print(f"bloom: add_sequences bits and items identical to add_sequence: {same_bits}")
+    print(f"confirm pre-filter keeps every line the pattern keeps: {same_filter}")
     old_count, new_count = sum(map(len, old_found)), sum(map(len, new_found))
     print(f"candidates: {old_count:,} old, {new_count:,} new; lines differing: {len(differing)}")
     for index in differing[:5]:

@@ -27,8 +27,13 @@ Speed: a line is tokenized as bytes (one ``bytes.translate`` lower-cases and sep
 cuts); its distinct tokens are tested once against per-worker caches of first-token results
 (bounded by ``CACHE_LIMIT``), so a line with no first-token positive costs a few C-level passes
 and is never parsed. Only a line with a Bloom-positive token sequence (or an attachment) is parsed
-to tell vocabulary from strict occurrences. The extraction walks every container of every input
-resource (no subtree is skipped) iteratively, with C-level key-set tests per object.
+to tell vocabulary from strict occurrences; a plain line (ASCII, no backslash, no attachment) takes
+a short path with one token view and stops at its first Bloom-positive sequence. The extraction
+walks every container of every input resource (no subtree is skipped), with C-level key-set tests
+per object. The Bloom filter is built from batches (``add_sequences``): items repeated in a batch
+are hashed once and the bit positions of a batch are set with numpy, giving exactly the bits of
+``add_sequence`` per value. The confirmation pass tests few candidate first tokens as substrings
+of the lower-cased input line (``FirstTokenFilter``) instead of one case-insensitive pattern.
 """
 
 from __future__ import annotations
@@ -42,12 +47,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
 MIN_TOKEN_CHARS = 2
 MIN_DIGIT_TOKEN_CHARS = 5
 MAX_SEQUENCE_TOKENS = 12
-CACHE_LIMIT = 1 << 21  # tokens/sequences remembered per worker and kind before that cache is reset
+CACHE_LIMIT = 1 << 17  # tokens/sequences remembered per worker and kind before that cache is reset (bounds memory)
 MAIDEN_NAME_URL = "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName"
 BIRTH_PLACE_URL = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace"
 URN_UUID = "urn:uuid:"
@@ -344,6 +350,60 @@ class Bloom:
         self.items += 1
         self._forget()
 
+    def add_sequences(self, sequences: Iterable[tuple[str, ...]]) -> int:
+        """Adds many values' token sequences: the same bits and counts as ``add_sequence`` for each.
+
+        Items repeated within the call (a value several resources share, a common first token) are
+        hashed once (the set of this call's items is the only memory used); the bit positions of
+        all items are computed and set in one vectorised step.
+
+        Returns:
+            The number of sequences added (repeats included, as ``items`` counts them).
+        """
+        blake2b = hashlib.blake2b
+        lengths, first_lengths = self.lengths, self.first_lengths
+        seen: set[bytes] = set()
+        digests: list[bytes] = []
+        count = 0
+        for parts in sequences:
+            count += 1
+            item = b"s:" + "\x1f".join(parts).encode("utf-8")
+            if item in seen:
+                continue
+            seen.add(item)
+            digests.append(blake2b(item, digest_size=16).digest())
+            first = parts[0].encode("utf-8")
+            lengths.add(len(parts))
+            first_lengths.add(len(first))
+            for token_item in (b"f:" + first, b"l%d:" % len(parts) + first):
+                if token_item not in seen:
+                    seen.add(token_item)
+                    digests.append(blake2b(token_item, digest_size=16).digest())
+        if digests:
+            self._set_bits(b"".join(digests))
+        self.items += count
+        self._forget()
+        return count
+
+    def _set_bits(self, digests: bytes) -> None:
+        """Sets the bits of items given as concatenated 16-byte blake2b digests (``_positions``, vectorised).
+
+        ``(first + n * second) % bits`` equals ``(first % bits + n * (second % bits)) % bits``, which
+        stays below 2**64 for every allowed size, so unsigned 64-bit arithmetic gives the same positions.
+        """
+        halves = np.frombuffer(digests, dtype="<u8").reshape(-1, 2)
+        bits = np.uint64(self.bits)
+        first = halves[:, 0] % bits
+        second = (halves[:, 1] | np.uint64(1)) % bits
+        steps = np.arange(self.hashes, dtype=np.uint64)
+        positions = ((first[:, None] + steps[None, :] * second[:, None]) % bits).ravel()
+        array = np.frombuffer(self.array, dtype=np.uint8)
+        offsets = (positions >> np.uint64(3)).astype(np.intp)
+        shifts = (positions & np.uint64(7)).astype(np.uint8)
+        for shift in range(8):  # one bit per pass: repeated offsets then write the same byte value
+            chosen = offsets[shifts == shift]
+            array[chosen] |= np.uint8(1 << shift)
+
     def merge(self, other: Bloom) -> None:
         """ORs another filter of the same size into this one."""
         merged = int.from_bytes(self.array, "little") | int.from_bytes(other.array, "little")
@@ -401,14 +461,50 @@ class Bloom:
         positions.sort()
         size = len(line)
         found: list[tuple[bytes, ...]] = []
+        positive = self._positive
+        known = self._sequences
+        all_lengths: list[int] | None = None
         for position in positions:
-            for length in self._positive.get(line[position], sorted(self.lengths)):
+            lengths = positive.get(line[position])
+            if lengths is None:
+                lengths = all_lengths = all_lengths or sorted(self.lengths)
+            for length in lengths:
                 if position + length > size:
                     break
                 parts = line[position : position + length]
-                if self._has_sequence(b"\x1f".join(parts)):
+                joined = b"\x1f".join(parts)
+                hit = known.get(joined)
+                if hit is None:
+                    hit = self._has_sequence(joined)
+                    known = self._sequences  # the cache may have been replaced
+                if hit:
                     found.append(tuple(parts))
         return found
+
+    def _any_sequence_at(self, line: list[bytes], starts: set[bytes]) -> bool:
+        """Whether ``_sequences_at(line, starts)`` finds a sequence (stops at the first; no sorting)."""
+        positive = self._positive
+        known = self._sequences
+        size = len(line)
+        for token in starts:
+            lengths = positive.get(token) or sorted(self.lengths)
+            index = -1
+            try:
+                while True:
+                    index = line.index(token, index + 1)
+                    for length in lengths:
+                        if index + length > size:
+                            break
+                        joined = b"\x1f".join(line[index : index + length])
+                        hit = known.get(joined)
+                        if hit is None:
+                            hit = self._has_sequence(joined)
+                            known = self._sequences  # the cache may have been replaced
+                        if hit:
+                            return True
+            except ValueError:
+                pass
+        return False
 
     def token_candidates(self, line: list[bytes]) -> list[tuple[bytes, ...]]:
         """Bloom-positive sequences of an already tokenized (case-folded, UTF-8) line."""
@@ -481,7 +577,14 @@ def line_candidates_with_first_token(raw: bytes, bloom: Bloom) -> list[tuple[str
     whole line: none and no attachment means no candidate; (3) the line is parsed and the
     vocabulary/free text and decoded attachments are told apart from the rest.
     """
-    if not raw.isascii():
+    if raw.isascii():
+        if b"\\" not in raw and _CONTENT_TYPE not in raw:  # most lines: one view, no decoding
+            view = raw.translate(_FOLD_SEPARATORS).split()
+            starts = bloom._starts(set(view))
+            if starts and bloom._any_sequence_at(view, starts):
+                return _parsed_candidates(raw, bloom)
+            return []
+    else:
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:  # as ScanFn's decode(errors="replace") did
@@ -495,8 +598,11 @@ def line_candidates_with_first_token(raw: bytes, bloom: Bloom) -> list[tuple[str
         views = [_fold(raw).split()]
         if _CONTENT_TYPE in raw:  # every "data" string, decoded: a superset of the attachments
             views += [_fold(_decoded(data.decode("utf-8")).encode("utf-8")).split() for data in _DATA.findall(raw)]
-    starts = bloom._starts(set(views[0]).union(*views[1:]))
-    if starts and any(bloom._sequences_at(view, starts) for view in views):
+    unique = set(views[0])
+    for view in views[1:]:
+        unique.update(view)
+    starts = bloom._starts(unique)
+    if starts and any(bloom._any_sequence_at(view, starts) for view in views):
         return _parsed_candidates(raw, bloom)
     return []
 
@@ -505,18 +611,36 @@ def _keyed(found: list[tuple[bytes, ...]], flag: str) -> list[tuple[str, str, in
     return [(_bytes_key(parts), flag, len(parts), parts[0]) for parts in found]
 
 
-def first_token_filter(first_tokens: Iterable[bytes]) -> re.Pattern[bytes] | None:
-    """A pattern one of the candidates' first tokens matches in an input line (see ``may_hold_any``).
+FEW_FIRST_TOKENS = 16  # up to this many first tokens, substring tests of the lower-cased line beat one pattern
+
+
+@dataclass(frozen=True)
+class FirstTokenFilter:
+    """The candidates' ASCII first tokens, lower-cased, as ``may_hold_any`` tests them.
+
+    Attributes:
+        tokens: The distinct tokens, when there are at most ``FEW_FIRST_TOKENS`` (else empty).
+        pattern: One case-insensitive alternation of all tokens, when there are more.
+    """
+
+    tokens: tuple[bytes, ...]
+    pattern: re.Pattern[bytes] | None = None
+
+
+def first_token_filter(first_tokens: Iterable[bytes]) -> FirstTokenFilter | None:
+    """What one of the candidates' first tokens matches in an input line (see ``may_hold_any``).
 
     Returns None when there is no ASCII first token (no ASCII, escape-free line can hold a value).
     """
-    ascii_tokens = sorted({token for token in first_tokens if token.isascii()}, key=len, reverse=True)
+    ascii_tokens = sorted({token.lower() for token in first_tokens if token.isascii()}, key=len, reverse=True)
     if not ascii_tokens:
         return None
-    return re.compile(b"|".join(re.escape(token) for token in ascii_tokens), re.IGNORECASE)
+    if len(ascii_tokens) <= FEW_FIRST_TOKENS:
+        return FirstTokenFilter(tuple(ascii_tokens))
+    return FirstTokenFilter((), re.compile(b"|".join(re.escape(token) for token in ascii_tokens), re.IGNORECASE))
 
 
-def may_hold_any(raw: bytes, pattern: re.Pattern[bytes] | None) -> bool:
+def may_hold_any(raw: bytes, pattern: FirstTokenFilter | None) -> bool:
     """A necessary condition for an input line to hold a value whose first token is a candidate's.
 
     An ASCII line without JSON escapes holds each value's letters as written, so the value's
@@ -525,7 +649,12 @@ def may_hold_any(raw: bytes, pattern: re.Pattern[bytes] | None) -> bool:
     """
     if not raw.isascii() or b"\\" in raw:
         return True
-    return pattern is not None and pattern.search(raw) is not None
+    if pattern is None:
+        return False
+    if pattern.pattern is not None:
+        return pattern.pattern.search(raw) is not None
+    lowered = raw.lower()
+    return any(token in lowered for token in pattern.tokens)
 
 
 def _parsed_candidates(raw: bytes, bloom: Bloom) -> list[tuple[str, str, int, bytes]]:

@@ -766,7 +766,8 @@ def phi_values(
             continue
         if not isinstance(resource, dict):
             continue
-        for category, value in phi_scan.resource_phi_list(resource, raw):
+        # Without ``raw``: walking every object is cheaper than the byte tests that narrow the walk.
+        for category, value in phi_scan.resource_phi_list(resource):
             parts = phi_scan.searchable(value, min_token_chars)
             if parts is None:
                 stats["skipped\t" + category] += 1
@@ -776,7 +777,11 @@ def phi_values(
 
 
 class ExtractPhiFn(beam.DoFn):
-    """Yields the token sequence of every identifying value of every input resource (for the Bloom filter)."""
+    """Yields the token sequences of the identifying values of every input resource (for the Bloom filter).
+
+    One list of sequences per batch of input lines (not one element per value: the runner's
+    per-element cost was most of the Bloom build); ``BloomFn`` adds a list at once.
+    """
 
     def __init__(self, min_token_chars: int) -> None:
         self._min = min_token_chars
@@ -787,8 +792,9 @@ class ExtractPhiFn(beam.DoFn):
 
     def process(self, element: tuple[str, list[tuple[int, bytes]]]) -> Iterator[Any]:
         """Extracts PHI values from one batch of input lines."""
-        for _, parts in phi_values(element[1], self._min, self._stats):
-            yield parts
+        sequences = [parts for _, parts in phi_values(element[1], self._min, self._stats)]
+        if sequences:
+            yield sequences
 
     def finish_bundle(self) -> Iterator[Any]:
         """Emits this bundle's counts."""
@@ -808,7 +814,7 @@ class MatchCandidateValuesFn(beam.DoFn):
         self._min = min_token_chars
         self._source: int | None = None
         self._keys: frozenset[str] = frozenset()
-        self._filter: re.Pattern[bytes] | None = None
+        self._filter: phi_scan.FirstTokenFilter | None = None
 
     def process(
         self,
@@ -842,9 +848,14 @@ class BloomFn(beam.CombineFn):
         """An empty filter."""
         return phi_scan.Bloom.empty(self._bits, self._hashes)
 
-    def add_input(self, accumulator: phi_scan.Bloom, element: tuple[str, ...]) -> phi_scan.Bloom:
-        """Adds one sequence."""
-        accumulator.add_sequence(element)
+    def add_input(
+        self, accumulator: phi_scan.Bloom, element: tuple[str, ...] | list[tuple[str, ...]]
+    ) -> phi_scan.Bloom:
+        """Adds one sequence (a tuple of tokens) or a list of sequences (``ExtractPhiFn``'s batches)."""
+        if isinstance(element, list):
+            accumulator.add_sequences(element)
+        else:
+            accumulator.add_sequence(element)
         return accumulator
 
     def merge_accumulators(self, accumulators: Iterable[phi_scan.Bloom]) -> phi_scan.Bloom:

@@ -194,3 +194,72 @@ def test_first_token_prefilter_skips_plain_lines_without_the_token() -> None:
     assert may_hold_any('{"display":"Noé"}'.encode(), pattern)  # not ASCII: always parsed
     assert may_hold_any(b'{"display":"a\\nb"}', pattern)  # escapes: always parsed
     assert not may_hold_any(b'{"display":"Black"}', first_token_filter(["é".encode()]))
+
+
+def _sequences_of_generated_data(tmp_path: Path) -> list[tuple[str, ...]]:
+    generate_fhir_bulk(tmp_path, patients=3, seed=5)
+    lines = [line for path in sorted(tmp_path.glob("*.ndjson")) for line in path.read_bytes().splitlines()]
+    found = [
+        parts
+        for raw in lines
+        for _, value in resource_phi(orjson.loads(raw))
+        if (parts := searchable(value)) is not None
+    ]
+    return found + found[:50]  # repeats: counted as items, hashed once
+
+
+def test_add_sequences_sets_the_same_bits_and_counts_as_one_by_one(tmp_path: Path) -> None:
+    sequences = _sequences_of_generated_data(tmp_path)
+    for bits, hashes in ((1 << 20, 7), (1_000_003, 5), (4099, 3)):
+        one_by_one, at_once = Bloom.empty(bits, hashes), Bloom.empty(bits, hashes)
+        for parts in sequences:
+            one_by_one.add_sequence(parts)
+        half = len(sequences) // 2
+        assert at_once.add_sequences(sequences[:half]) == half
+        at_once.add_sequences(iter(sequences[half:]))
+        at_once.add_sequences([])
+        assert at_once.array == one_by_one.array
+        assert (at_once.items, at_once.lengths, at_once.first_lengths) == (
+            one_by_one.items,
+            one_by_one.lengths,
+            one_by_one.first_lengths,
+        )
+
+
+def test_bloom_combine_takes_batches_and_single_sequences(tmp_path: Path) -> None:
+    from components.deidentify.pipeline import BloomFn
+
+    sequences = _sequences_of_generated_data(tmp_path)
+    combine = BloomFn(1 << 18, 7)
+    batched = combine.add_input(combine.create_accumulator(), sequences[:100])
+    batched = combine.add_input(batched, sequences[100])
+    single = combine.create_accumulator()
+    for parts in sequences[:101]:
+        single = combine.add_input(single, parts)
+    assert batched.array == single.array and batched.items == single.items == 101
+    merged = combine.merge_accumulators([batched, combine.add_input(combine.create_accumulator(), sequences[101:])])
+    assert merged.items == len(sequences)
+
+
+def test_sequence_found_after_earlier_occurrences_of_its_first_token() -> None:
+    values = [("addresses", "1 Windmill Lane"), ("names", "Quixote")]
+    line = '{"version":"1","n":1,"line":["1 WINDMILL lane"],"ids":["1-2-3"]}'
+    assert scan([line]) == Counter()
+    found = scan_lines_exact([line], values)
+    assert found == Counter({"hits\tline\taddresses": 1})
+    assert scan_lines_exact(['{"a":"1 windmill","b":"lane 1"}'], values) == Counter()
+
+
+def test_first_token_filter_with_many_tokens_matches_as_the_few_token_filter() -> None:
+    from components.deidentify.phi_scan import FEW_FIRST_TOKENS, first_token_filter, may_hold_any
+
+    tokens = [f"tok{n}".encode() for n in range(FEW_FIRST_TOKENS + 5)]
+    many = first_token_filter(tokens)
+    assert many is not None and many.pattern is not None
+    for token in tokens:
+        few = first_token_filter([token])
+        assert few is not None and few.pattern is None
+        for raw in (b'{"a":"x' + token.upper() + b'y"}', b'{"a":"' + token + b'"}', b'{"a":"none"}'):
+            assert may_hold_any(raw, few) == (token in raw.lower())
+            assert may_hold_any(raw, many) == any(t in raw.lower() for t in tokens)
+    assert not may_hold_any(b'{"a":"tok"}', many)
