@@ -1034,6 +1034,13 @@ def _substitute_anchored(rule: _Rule, anchored: re.Pattern[str], text: str, coun
     return "".join(pieces)
 
 
+def _keep_replaced(text: str, match: re.Match[str], group: int, last: int, replacement: str, pieces: list[str]) -> int:
+    """Appends the kept text before the match's ``group`` and the placeholder; returns where kept text resumes."""
+    start, end = match.span(group)
+    pieces += [text[last:start], replacement]
+    return end
+
+
 def _substitute_located(rule: _Rule, located: re.Pattern[bytes], text: str, shape: bytes, counts: Counter[str]) -> str:
     """``_substitute`` (rule already applies) for an ASCII text and its shape, trying the regex where ``located`` says.
 
@@ -1064,13 +1071,7 @@ def _substitute_located(rule: _Rule, located: re.Pattern[bytes], text: str, shap
         start, end = match.span()
         if context is None or context(text, start):
             counts[rule.category] += 1
-            if group == 0:
-                pieces += [text[last:start], replacement]
-                last = end
-            else:
-                group_start, group_end = match.span(group)
-                pieces += [text[last:group_start], replacement]
-                last = group_end
+            last = _keep_replaced(text, match, group, last, replacement, pieces)
         tried = end
         candidate = located.search(shape, end + low)
     if not pieces:
@@ -1107,13 +1108,7 @@ def _substitute_at_needles(rule: _Rule, text: str, folded: str, counts: Counter[
         end = match.end()
         if context is None or context(text, start):
             counts[rule.category] += 1
-            if group == 0:
-                pieces += [text[last:start], replacement]
-                last = end
-            else:
-                group_start, group_end = match.span(group)
-                pieces += [text[last:group_start], replacement]
-                last = group_end
+            last = _keep_replaced(text, match, group, last, replacement, pieces)
         tried = end
     if not pieces:
         return text
