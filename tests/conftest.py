@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -63,3 +64,13 @@ def hmac_key(monkeypatch: pytest.MonkeyPatch) -> str:
     key = "test-only-key-0123456789abcdef0123456789abcdef"
     monkeypatch.setenv("CLINFLOW_HMAC_KEY", key)
     return key
+
+
+@pytest.fixture(scope="session")
+def legacy_redactor(repo_root: Path) -> ModuleType:
+    """``bench/redactor_speed.py``: holds the frozen copy of the original free-text redactor (differential tests)."""
+    spec = importlib.util.spec_from_file_location("redactor_speed_for_tests", repo_root / "bench" / "redactor_speed.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

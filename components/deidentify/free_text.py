@@ -372,6 +372,13 @@ def _phone_starts(text: str, body: int) -> list[int]:
     return starts
 
 
+def _after_area_code(text: str, index: int) -> int:
+    """Where a phone's exchange may start after its area code ends at ``index`` (``)`` and separators skipped)."""
+    if index < len(text) and text[index] == ")":
+        index += 1
+    return _skip_phone_separators(text, index)
+
+
 def _match_phone(text: str, run_start: int, value: _KnownValue) -> list[tuple[int, int]]:
     """The matches of a 10-digit phone whose digits (or country code) start the run at ``run_start``."""
     area, exchange, line = value.parts
@@ -380,10 +387,7 @@ def _match_phone(text: str, run_start: int, value: _KnownValue) -> list[tuple[in
     for body in bodies:
         if not text.startswith(area, body):
             continue
-        index = body + len(area)
-        if index < len(text) and text[index] == ")":
-            index += 1
-        index = _skip_phone_separators(text, index)
+        index = _after_area_code(text, body + len(area))
         if not text.startswith(exchange, index):
             continue
         index = _skip_phone_separators(text, index + len(exchange))
@@ -479,10 +483,7 @@ class _Bucket:
             for body in (start, start + 1):
                 if not text.startswith(area, body):
                     continue
-                index = body + len(area)
-                if index < len(text) and text[index] == ")":
-                    index += 1
-                index = _skip_phone_separators(text, index)
+                index = _after_area_code(text, body + len(area))
                 for rank, value in exchanges.get(text[index : index + 3], ()):
                     _match_value(text, start, rank, value, spans)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 from types import ModuleType
@@ -264,23 +263,14 @@ def test_redaction_speed_is_reported_not_asserted(redactor: Redactor) -> None:
 
 # --------------------------------------------------------------------------- old vs new (differential)
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "redactor_speed.py"
-
-
-def _bench_module() -> ModuleType:
-    """``bench/redactor_speed.py``: holds the frozen copy of the original regex-alternation redactor."""
-    spec = importlib.util.spec_from_file_location("redactor_speed_for_deid_tests", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.parametrize("seed", [3, 17])
-def test_new_redactor_never_keeps_what_the_original_removed(tmp_path: Path, seed: int) -> None:
+def test_new_redactor_never_keeps_what_the_original_removed(
+    tmp_path: Path, seed: int, legacy_redactor: ModuleType
+) -> None:
     from components.deidentify.transform import provider_redactor
 
-    bench = _bench_module()
+    bench = legacy_redactor
     generate_fhir_bulk(tmp_path, patients=20, seed=seed)
     export = bench.load_export(tmp_path)
     new_provider = provider_redactor(export.providers)
@@ -325,11 +315,11 @@ def test_pattern_results_are_cached_without_changing_them() -> None:
     assert redactor.redact("Take as directed; call 617-555-0100")[1] == {"phone": 1}
 
 
-def test_long_notes_equal_the_original_redactor_exactly(tmp_path: Path) -> None:
+def test_long_notes_equal_the_original_redactor_exactly(tmp_path: Path, legacy_redactor: ModuleType) -> None:
     """Generated clinical notes joined across newlines, with PHI-like snippets between: byte-identical output."""
     import random
 
-    bench = _bench_module()
+    bench = legacy_redactor
     generate_fhir_bulk(tmp_path, patients=12, seed=5)
     export = bench.load_export(tmp_path)
     notes = [

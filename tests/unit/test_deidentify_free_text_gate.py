@@ -1,23 +1,11 @@
 """The token index of known values redacts what the original regex alternation redacted (frozen copy in bench/)."""
 
-import importlib.util
 import random
 import re
 from collections import Counter
-from pathlib import Path
 from types import ModuleType
 
 from components.deidentify.free_text import KnownIdentifiers, Redactor
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "redactor_speed.py"
-
-
-def legacy() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("redactor_speed_for_tests", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _known(count: int) -> KnownIdentifiers:
@@ -74,8 +62,8 @@ def kept(old: str, new: str) -> set[str]:
     return {token for token in set(new_tokens) if new_tokens.count(token) > old_tokens.count(token)}
 
 
-def test_token_index_equals_the_original_alternation() -> None:
-    module = legacy()
+def test_token_index_equals_the_original_alternation(legacy_redactor: ModuleType) -> None:
+    module = legacy_redactor
     known = _known(200)
     new = Redactor(known, categories=frozenset())
     old = module.LegacyRedactor(known, categories=frozenset())
@@ -89,16 +77,16 @@ def test_token_index_equals_the_original_alternation() -> None:
     assert differ == []
 
 
-def test_patient_sized_redactor_equals_the_original_with_patterns() -> None:
-    module = legacy()
+def test_patient_sized_redactor_equals_the_original_with_patterns(legacy_redactor: ModuleType) -> None:
+    module = legacy_redactor
     known = _known(12)
     new, old = Redactor(known), module.LegacyRedactor(known)
     for text in _texts(known, 300):
         assert new.redact(text) == old.redact(text), text
 
 
-def test_pattern_rules_equal_the_original_rules() -> None:
-    module = legacy()
+def test_pattern_rules_equal_the_original_rules(legacy_redactor: ModuleType) -> None:
+    module = legacy_redactor
     rnd = random.Random(11)
     pieces = [
         "MA 02139",
@@ -266,10 +254,10 @@ def _long_phi_text(rnd: random.Random, parts: int) -> str:
     return "".join(out)
 
 
-def test_fast_ascii_pattern_pass_equals_the_reference_and_the_legacy_rules() -> None:
+def test_fast_ascii_pattern_pass_equals_the_reference_and_the_legacy_rules(legacy_redactor: ModuleType) -> None:
     from components.deidentify.free_text import CATEGORIES, _pattern_passes
 
-    module = legacy()
+    module = legacy_redactor
     late = _pattern_passes(CATEGORIES)[1]
     legacy_late = [rule for rule in module._RULES if rule.category not in {"email", "url"}]
     rnd = random.Random(23)
@@ -289,8 +277,8 @@ def test_fast_ascii_pattern_pass_equals_the_reference_and_the_legacy_rules() -> 
     assert checked == 700
 
 
-def test_non_ascii_texts_take_the_reference_road_with_the_same_result() -> None:
-    module = legacy()
+def test_non_ascii_texts_take_the_reference_road_with_the_same_result(legacy_redactor: ModuleType) -> None:
+    module = legacy_redactor
     rnd = random.Random(29)
     for _ in range(150):
         text = _long_phi_text(rnd, rnd.randint(1, 30))
