@@ -287,7 +287,8 @@ def run_stage(args: argparse.Namespace, beam_args: Sequence[str]) -> dict[str, A
         scanned.append(FileSystems.join(args.dead_letter, DEAD_LETTER_FILE))
         print("deidentify: residual-PHI scan of the written outputs", file=sys.stderr)
         started = time.perf_counter()
-        pipeline.run_scan(input_files, scanned, work_dir, options, the_policy)
+        input_resources = sum(count for name, count in stats.items() if name.startswith(pipeline.IN_PREFIX))
+        pipeline.run_scan(input_files, scanned, work_dir, options, the_policy, input_resources)
         timings["residual_scan"] = time.perf_counter() - started
         scan = pipeline.read_json(FileSystems.join(work_dir, pipeline.SCAN_FILE))
     finally:

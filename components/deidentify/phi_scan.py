@@ -406,8 +406,10 @@ class Bloom:
 
     def merge(self, other: Bloom) -> None:
         """ORs another filter of the same size into this one."""
-        merged = int.from_bytes(self.array, "little") | int.from_bytes(other.array, "little")
-        self.array = bytearray(merged.to_bytes(len(self.array), "little"))
+        if other.bits != self.bits:
+            raise ValueError(f"cannot merge Bloom filters of {self.bits} and {other.bits} bits")
+        mine = np.frombuffer(self.array, dtype=np.uint8)
+        np.bitwise_or(mine, np.frombuffer(other.array, dtype=np.uint8), out=mine)  # in place, no copy
         self.lengths |= other.lengths
         self.first_lengths |= other.first_lengths
         self.items += other.items
@@ -522,7 +524,7 @@ class Bloom:
 
     def false_positive_rate(self) -> float:
         """The estimated false-positive rate at the current fill."""
-        filled = int.from_bytes(self.array, "little").bit_count() / self.bits
+        filled = int(np.bitwise_count(np.frombuffer(self.array, dtype=np.uint8)).sum(dtype=np.int64)) / self.bits
         return filled**self.hashes
 
 

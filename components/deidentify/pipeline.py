@@ -94,6 +94,10 @@ DEAD = "dead"
 KNOWN = "known"
 LINKS = "links"
 FIRST_TOKENS = "first_tokens"
+# The residual scan's Bloom filter: bits per input resource (about 4 entries each: first token, length
+# and sequence of ~1.4 values), so the fill stays near 35% and a lookup's false-positive rate near 1e-3.
+BLOOM_BITS_PER_RESOURCE = 64
+MAX_BLOOM_BITS = 2**34
 REDACTOR_CACHE = 512  # patients' free-text redactors kept per worker
 STATS = "stats"
 LATEST = "latest"
@@ -895,6 +899,11 @@ class ScanFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(STATS, _emit_once(dict(self._stats)))
 
 
+def _bloom_stats(bloom: phi_scan.Bloom) -> dict[str, int]:
+    fpr_ppm = round(bloom.false_positive_rate() * 1e6)
+    return {"bloom_bits": bloom.bits, "bloom_items": bloom.items, "bloom_fpr_ppm": fpr_ppm}
+
+
 def _confirm(element: tuple[str, Mapping[str, Iterable[Any]]]) -> Iterator[dict[str, int]]:
     _, groups = element
     candidates = list(groups["candidates"])
@@ -904,12 +913,34 @@ def _confirm(element: tuple[str, Mapping[str, Iterable[Any]]]) -> Iterator[dict[
             yield dict(counts)
 
 
+def bloom_bits(settings: Mapping[str, Any], input_resources: int) -> int:
+    """The Bloom filter size for an input: ``bloom_bits`` at least, ``bloom_bits_per_resource`` each.
+
+    A filter of fixed size fills up as the input grows: at 10k generated patients (1.3M resources,
+    5M filter entries in 32 Mbit) about 2% of lookups were false positives, which made the scan's
+    candidates (and its time and memory) grow faster than the input. Sizing by the input keeps the
+    fill, and so the false-positive rate, the same at every size.
+
+    Args:
+        settings: The policy's ``residual_scan`` section.
+        input_resources: Resources read from the input (their values fill the filter).
+
+    Returns:
+        Bits, a multiple of 64, at most ``MAX_BLOOM_BITS``.
+    """
+    minimum = int(settings.get("bloom_bits", 1 << 25))
+    per_resource = int(settings.get("bloom_bits_per_resource", BLOOM_BITS_PER_RESOURCE))
+    wanted = max(minimum, per_resource * input_resources)
+    return min(MAX_BLOOM_BITS, (wanted + 63) // 64 * 64)
+
+
 def run_scan(
     input_files: Sequence[str],
     scanned_globs: Sequence[str],
     work_dir: str,
     options: PipelineOptions,
     policy: Policy,
+    input_resources: int = 0,
 ) -> None:
     """Runs pipeline 2: residual-PHI scan of the written outputs.
 
@@ -919,9 +950,10 @@ def run_scan(
         work_dir: Directory for the result file ``scan.json``.
         options: Beam pipeline options.
         policy: The policy (``residual_scan`` sizes the Bloom filter).
+        input_resources: Resources pipeline 1 read (the Bloom filter grows with them, see ``bloom_bits``).
     """
     settings = policy.document.get("residual_scan", {})
-    bits = int(settings.get("bloom_bits", 1 << 25))
+    bits = bloom_bits(settings, input_resources)
     hashes = int(settings.get("bloom_hashes", 7))
     with beam.Pipeline(options=options) as pipeline:
         min_token_chars = int(settings.get("min_token_chars", phi_scan.MIN_TOKEN_CHARS))
@@ -954,9 +986,7 @@ def run_scan(
             | "ConfirmCandidates" >> beam.CoGroupByKey()
             | "Confirm" >> beam.FlatMap(_confirm)
         )
-        bloom_stats = bloom | "BloomStats" >> beam.Map(
-            lambda b: {"bloom_items": b.items, "bloom_fpr_ppm": round(b.false_positive_rate() * 1e6)}
-        )
+        bloom_stats = bloom | "BloomStats" >> beam.Map(_bloom_stats)
         totals = (
             (*[scan[STATS] for scan in scans], values[STATS], confirmed, bloom_stats)
             | "AllScans" >> beam.Flatten()

@@ -129,6 +129,7 @@ POLICY_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {
                 "bloom_bits": {"type": "integer", "minimum": 1024, "maximum": 2**34},
+                "bloom_bits_per_resource": {"type": "integer", "minimum": 8, "maximum": 4096},
                 "bloom_hashes": {"type": "integer", "minimum": 1, "maximum": 20},
                 "min_token_chars": {"type": "integer", "minimum": 1, "maximum": 8},
             },

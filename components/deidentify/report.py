@@ -214,7 +214,7 @@ def build_report(
             "values_indexed": {c: scan.get("indexed\t" + c, 0) for c in PHI_CATEGORIES},
             "values_too_short_to_search": {c: scan.get("skipped\t" + c, 0) for c in PHI_CATEGORIES},
             "bloom_filter": {
-                "bits": the_policy.document.get("residual_scan", {}).get("bloom_bits"),
+                "bits": scan.get("bloom_bits", 0),
                 "items": scan.get("bloom_items", 0),
                 "estimated_false_positive_ppm": scan.get("bloom_fpr_ppm", 0),
                 "candidates_confirmed_exactly": scan.get("bloom_candidates", 0),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from clinflow.synthetic import generate_fhir_bulk
 from components.deidentify.phi_scan import (
@@ -22,6 +23,7 @@ from components.deidentify.phi_scan import (
     seq_key,
     tokens,
 )
+from components.deidentify.pipeline import BLOOM_BITS_PER_RESOURCE, MAX_BLOOM_BITS, bloom_bits
 
 PATIENT: dict[str, Any] = {
     "resourceType": "Patient",
@@ -125,6 +127,27 @@ def test_bloom_merge_is_a_union() -> None:
     first.merge(second)
     assert list(first.candidates("Zelda at Quixote Lane")) == [("zelda",), ("quixote", "lane")]
     assert first.items == 2 and 0 < first.false_positive_rate() < 1e-6
+
+
+def test_bloom_merge_rejects_a_filter_of_another_size() -> None:
+    first, second = Bloom.empty(1 << 12, 5), Bloom.empty(1 << 13, 5)
+    with pytest.raises(ValueError, match="4096 and 8192 bits"):
+        first.merge(second)
+
+
+def test_false_positive_rate_is_the_fill_to_the_power_of_the_hashes() -> None:
+    bloom = Bloom.empty(64, 3)
+    bloom.array = bytearray(b"\xff\x0f" + b"\x00" * 6)  # 12 of 64 bits set
+    assert bloom.false_positive_rate() == pytest.approx((12 / 64) ** 3)
+
+
+def test_bloom_size_grows_with_the_input_above_the_policy_minimum() -> None:
+    settings = {"bloom_bits": 1 << 20, "bloom_bits_per_resource": 64}
+    assert bloom_bits(settings, 0) == 1 << 20  # small inputs: the policy's minimum
+    assert bloom_bits(settings, 1_000_000) == 64_000_000  # then 64 bits per input resource
+    assert bloom_bits({"bloom_bits": 1 << 20}, 1_000_000) == BLOOM_BITS_PER_RESOURCE * 1_000_000
+    assert bloom_bits({"bloom_bits": 1000}, 0) % 64 == 0
+    assert bloom_bits(settings, 10**12) == MAX_BLOOM_BITS
 
 
 def test_json_escapes_are_decoded_before_matching() -> None:
