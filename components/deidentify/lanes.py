@@ -165,7 +165,7 @@ class DocumentFileFn(beam.DoFn):
         self._key = key
         self._output_dir = output_dir
 
-    def process(self, path: str, crosswalk: Mapping[str, str], known: Mapping[str, Any]) -> Iterator[Any]:
+    def process(self, path: str, crosswalk: Mapping[str, str], known: Mapping[str, bytes]) -> Iterator[Any]:
         """Yields counts (main output) and a dead letter when the document is not written."""
         from components.deidentify.dicom.linkage import link_patient
         from components.deidentify.free_text import Redactor
@@ -191,7 +191,7 @@ class DocumentFileFn(beam.DoFn):
         mrn = document.get("patient_mrn") or ""
         link = link_patient(self._key, mrn, crosswalk)
         fhir_id = crosswalk.get(mrn) if mrn else None
-        identifiers = known.get(fhir_id) if fhir_id else None
+        identifiers = pipeline.known_of(known, fhir_id)
         care_team_redacted, redactions = redact_care_team(text)
         redacted, patient_redactions = Redactor(identifiers).redact(care_team_redacted)
         redactions.update(patient_redactions)

@@ -10,7 +10,7 @@ type and batch, which keeps the per-element runner overhead small):
   three side inputs of the de-identify step: an identifier crosswalk ``"<Type>|<system>|<value>"
   -> id`` of the policy's conditional-reference targets (Practitioner, Organization, ...); the
   providers' names, addresses, telecom and identifier values that free text is also redacted of
-  (both grow with providers, not patients); and each Patient's ``KnownIdentifiers`` (original
+  (both grow with providers, not patients); and each Patient's encoded ``KnownIdentifiers`` (original
   Patient id -> the values free text is redacted of; grows with patients, not resources);
 * non-Patient resources are de-identified at once (one walk) and written. When the walk meets
   free text of a patient's resource, that patient's redactor (``components.deidentify.free_text``)
@@ -133,7 +133,7 @@ class LaneContext:
         policy: The loaded policy (``policy.document["dicom"]`` / ``["device_logs"]``).
         patient_links: PCollection of ``(identifier value, original FHIR Patient id)``; use
             ``beam.pvalue.AsDict`` and ``components.deidentify.dicom.linkage.link_patient``.
-        known_identifiers: PCollection of ``(original FHIR Patient id, KnownIdentifiers)`` for
+        known_identifiers: PCollection of ``(original FHIR Patient id, KnownIdentifiers.to_bytes())`` for
             lanes that redact free text with the patient's own values (``documents``).
     """
 
@@ -286,7 +286,7 @@ class CrosswalkFn(beam.DoFn):
 
     Yields crosswalk entries of the target types (main output); tagged ``providers``: the names,
     addresses, telecom and identifier values of those resources, for the provider redactor free
-    text goes through; tagged ``known``: ``(original Patient id, KnownIdentifiers)`` of every
+    text goes through; tagged ``known``: ``(original Patient id, encoded KnownIdentifiers)`` of every
     Patient, for the patient redactor. Only lines that may hold such a resource are parsed (cheap
     byte pre-filter).
     """
@@ -308,7 +308,8 @@ class CrosswalkFn(beam.DoFn):
             if resource is None:
                 continue
             if resource["resourceType"] == "Patient":
-                yield beam.pvalue.TaggedOutput(KNOWN, (str(resource["id"]), known_identifiers_from_patient(resource)))
+                known = known_identifiers_from_patient(resource).to_bytes()
+                yield beam.pvalue.TaggedOutput(KNOWN, (str(resource["id"]), known))
                 for link in patient_links(resource):
                     yield beam.pvalue.TaggedOutput(LINKS, link)
             elif resource["resourceType"] in self._types:
@@ -317,17 +318,30 @@ class CrosswalkFn(beam.DoFn):
                     yield beam.pvalue.TaggedOutput(PROVIDERS, value)
 
 
-def merge_known(values: Iterable[Any]) -> Any:
-    """Merges the KnownIdentifiers of Patients that share an id (every value of each is kept)."""
+def merge_known(values: Iterable[bytes]) -> bytes:
+    """Merges the encoded KnownIdentifiers of Patients that share an id (every value of each is kept).
+
+    Known identifiers travel encoded (``KnownIdentifiers.to_bytes``): the local runner keeps the
+    side input of every patient in memory, and bytes take about a quarter of the objects' memory.
+    """
     from components.deidentify.free_text import KnownIdentifiers
 
     items = list(values)
     if len(items) == 1:
         return items[0]
+    decoded = [KnownIdentifiers.from_bytes(item) for item in items]
     fields = ("names", "identifiers", "telecom", "addresses", "dates")
     return KnownIdentifiers(
-        **{name: tuple(dict.fromkeys(value for item in items for value in getattr(item, name))) for name in fields}
-    )
+        **{name: tuple(dict.fromkeys(value for item in decoded for value in getattr(item, name))) for name in fields}
+    ).to_bytes()
+
+
+def known_of(known: Mapping[str, bytes], patient_id: str | None) -> Any:
+    """The decoded ``KnownIdentifiers`` of one patient from the side input (None when absent)."""
+    from components.deidentify.free_text import KnownIdentifiers
+
+    encoded = known.get(patient_id) if patient_id else None
+    return None if encoded is None else KnownIdentifiers.from_bytes(encoded)
 
 
 class PatientRedactors:
@@ -341,7 +355,7 @@ class PatientRedactors:
         self._limit = limit
         self._cache: OrderedDict[str, Any] = OrderedDict()
 
-    def get(self, patient_id: str, known: Mapping[str, Any], stats: Counter[str]) -> Any:
+    def get(self, patient_id: str, known: Mapping[str, bytes], stats: Counter[str]) -> Any:
         """The redactor of one patient (patterns only, counted, when the export lacks the Patient)."""
         from components.deidentify.free_text import Redactor
 
@@ -349,7 +363,7 @@ class PatientRedactors:
         if redactor is not None:
             self._cache.move_to_end(patient_id)
             return redactor
-        identifiers = known.get(patient_id)
+        identifiers = known_of(known, patient_id)
         if identifiers is None:
             stats[PENDING_WITHOUT_PATIENT] += 1
         redactor = Redactor(identifiers)
@@ -363,7 +377,7 @@ class LazyPatientRedactor:
     """The free-text redactor of one resource's patient, looked up only when free text is met."""
 
     def __init__(
-        self, redactors: PatientRedactors, patient_id: str, known: Mapping[str, Any], stats: Counter[str]
+        self, redactors: PatientRedactors, patient_id: str, known: Mapping[str, bytes], stats: Counter[str]
     ) -> None:
         """Remembers what the lookup needs."""
         self._redactors = redactors
@@ -425,7 +439,7 @@ class DeidentifyFn(_PolicyFn):
         element: tuple[str, list[tuple[int, bytes]]],
         crosswalk: Mapping[str, str],
         providers: Sequence[tuple[str, str]],
-        known: Mapping[str, Any],
+        known: Mapping[str, bytes],
     ) -> Iterator[Any]:
         """De-identifies one batch of resource lines.
 

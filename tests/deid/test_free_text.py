@@ -18,6 +18,7 @@ from components.deidentify.free_text import (
     known_identifiers_from_patient,
     redact_xhtml,
 )
+from components.deidentify.pipeline import known_of, merge_known
 
 PATIENT: dict[str, Any] = {
     "resourceType": "Patient",
@@ -67,6 +68,19 @@ def test_known_identifiers_from_patient_collects_every_field() -> None:
     assert set(known.telecom) == {"555-318-0427", "adaeze.okafor77@example.com"}
     assert {"742 Evergreen Terrace", "Shelbyville", "01103", "Springfield"} <= set(known.addresses)
     assert known.dates == ("1948-07-04", "2021-11-30")
+
+
+def test_known_identifiers_travel_encoded_and_merge_every_value() -> None:
+    known = known_identifiers_from_patient(PATIENT)
+    assert KnownIdentifiers.from_bytes(known.to_bytes()) == known
+    other = KnownIdentifiers(names=("Zoë", "Okafor"), identifiers=("MRN-7",))
+    merged = KnownIdentifiers.from_bytes(merge_known([known.to_bytes(), other.to_bytes()]))
+    assert merged.names == (*known.names, "Zoë")  # every value of each, repeats once
+    assert merged.identifiers == (*known.identifiers, "MRN-7") and merged.dates == known.dates
+    assert merge_known([other.to_bytes()]) == other.to_bytes()
+    side_input = {"p1": known.to_bytes()}
+    assert known_of(side_input, "p1") == known
+    assert known_of(side_input, "p2") is None and known_of(side_input, None) is None
 
 
 @pytest.mark.parametrize(
