@@ -36,18 +36,20 @@ type and batch, which keeps the per-element runner overhead small):
 * counts are kept per bundle and emitted once per bundle, then summed into one JSON file.
 
 Pipeline 2 (residual-PHI scan) reads every input file again, collects every identifying value of
-every resource (``components.deidentify.phi_scan.resource_phi``) into a fixed-size Bloom filter
-(side input), reads every output line back from storage (and the dead letters, in batches of
+every resource (``components.deidentify.phi_scan.resource_phi``) into a Bloom filter sized by the
+input (saved to a file), reads every output line back from storage (and the dead letters, in batches of
 lines) and emits Bloom-positive token sequences as candidates. The candidates are confirmed
 exactly: the inputs are read once more, the values whose key is a candidate's are kept
 (``MatchCandidateValuesFn``) and a ``CoGroupByKey`` of those few values and the candidates counts
 the hits, so a Bloom false positive never counts and no step holds every value.
 
 Memory (FnApiRunner/DirectRunner): the side inputs are the provider crosswalk, the patients' known
-identifiers, the Bloom filter (size from the policy) and the end-of-data day. What grows with the
-input: the known identifiers (per patient, not per resource) and the scan's candidates (output
-sequences that pass the Bloom filter, few when the output is clean); the local runner keeps those
-in memory, Dataflow/Flink/Spark keep side inputs and shuffles on disk.
+identifiers (encoded), the Bloom filter's file (``BloomFile``: the bits are read from the scratch
+directory by each scanning worker, not passed as a side input) and the end-of-data day. What grows
+with the input: the known identifiers (per patient, not per resource), the Bloom filter (sized at
+``bloom_bits_per_resource`` per input resource so its false-positive rate does not grow) and the
+scan's candidates (output sequences that pass the Bloom filter, few when the output is clean); the
+local runner keeps those in memory, Dataflow/Flink/Spark keep side inputs and shuffles on disk.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ LATEST = "latest"
 REID = "reid"
 STATS_FILE = "stats.json"
 SCAN_FILE = "scan.json"
+BLOOM_FILE = "bloom.bin"  # the residual scan's Bloom filter bits (scratch directory)
 LANE_DIRS = ("dicom", "device_logs", "documents")
 
 IN_PREFIX = "in\t"
@@ -855,12 +858,75 @@ class MatchCandidateValuesFn(beam.DoFn):
                 yield key, category
 
 
-class BloomFn(beam.CombineFn):
-    """Builds the fixed-size Bloom filter of the value token sequences."""
+@dataclass(frozen=True)
+class BloomFile:
+    """A built Bloom filter whose bits wait in a file: the scan's side input stays a few bytes.
 
-    def __init__(self, bits: int, hashes: int) -> None:
+    A side input holding the filter itself was copied several times by the local runner (the
+    encoded side input, the decoded one, the combine's encoded accumulator): at 100k generated
+    patients (a 100 MB filter) that was most of the stage's peak memory.
+
+    Attributes:
+        path: Where the bit array is (any Beam filesystem; the stage's scratch directory).
+        bits: Filter size in bits.
+        hashes: Bit positions per item.
+        lengths: The sequence lengths present.
+        first_lengths: The character lengths of the first tokens present.
+        items: Items added.
+        false_positive_ppm: The estimated false-positive rate at this fill, per million.
+    """
+
+    path: str
+    bits: int
+    hashes: int
+    lengths: tuple[int, ...]
+    first_lengths: tuple[int, ...]
+    items: int
+    false_positive_ppm: int
+
+
+def save_bloom(bloom: phi_scan.Bloom, path: str) -> BloomFile:
+    """Writes the bit array of ``bloom`` to ``path`` (the same bytes on a retry) and describes it."""
+    with FileSystems.create(path, mime_type="application/octet-stream") as handle:
+        handle.write(bloom.array)
+    return BloomFile(
+        path,
+        bloom.bits,
+        bloom.hashes,
+        tuple(sorted(bloom.lengths)),
+        tuple(sorted(bloom.first_lengths)),
+        bloom.items,
+        round(bloom.false_positive_rate() * 1e6),
+    )
+
+
+def load_bloom(bloom_file: BloomFile) -> phi_scan.Bloom:
+    """Reads a filter written by ``save_bloom``.
+
+    Raises:
+        ValueError: The file does not hold ``bits`` bits (truncated or replaced).
+    """
+    with FileSystems.open(bloom_file.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        array = bytearray(handle.read())
+    if len(array) != (bloom_file.bits + 7) // 8:
+        raise ValueError(f"Bloom filter file holds {len(array)} bytes, not the {bloom_file.bits} bits it was saved as")
+    return phi_scan.Bloom(
+        bloom_file.bits,
+        bloom_file.hashes,
+        array,
+        set(bloom_file.lengths),
+        set(bloom_file.first_lengths),
+        bloom_file.items,
+    )
+
+
+class BloomFn(beam.CombineFn):
+    """Builds the Bloom filter of the value token sequences and saves it (``BloomFile``)."""
+
+    def __init__(self, bits: int, hashes: int, path: str) -> None:
         self._bits = bits
         self._hashes = hashes
+        self._path = path
 
     def create_accumulator(self) -> phi_scan.Bloom:
         """An empty filter."""
@@ -884,20 +950,30 @@ class BloomFn(beam.CombineFn):
             merged.merge(other)
         return merged
 
-    def extract_output(self, accumulator: phi_scan.Bloom) -> phi_scan.Bloom:
-        """The filter."""
-        return accumulator
+    def extract_output(self, accumulator: phi_scan.Bloom) -> BloomFile:
+        """Saves the filter to the path given at construction."""
+        return save_bloom(accumulator, self._path)
 
 
 class ScanFn(beam.DoFn):
     """Counts lines per output file type and emits Bloom-positive candidates for confirmation."""
 
+    def __init__(self) -> None:
+        self._loaded: tuple[str, phi_scan.Bloom] | None = None
+
     def start_bundle(self) -> None:
         """Resets the per-bundle counts."""
         self._stats: Counter[str] = Counter()
 
-    def process(self, element: tuple[str, list[tuple[int, bytes]]], bloom: phi_scan.Bloom) -> Iterator[Any]:
+    def _bloom(self, bloom_file: BloomFile) -> phi_scan.Bloom:
+        """The filter, read once per worker (its token caches live as long as it does)."""
+        if self._loaded is None or self._loaded[0] != bloom_file.path:
+            self._loaded = (bloom_file.path, load_bloom(bloom_file))
+        return self._loaded[1]
+
+    def process(self, element: tuple[str, list[tuple[int, bytes]]], bloom_file: BloomFile) -> Iterator[Any]:
         """Scans one batch of output lines."""
+        bloom = self._bloom(bloom_file)
         file_name, batch = element
         lane = os.path.basename(os.path.dirname(file_name))
         kind = lane if lane in LANE_DIRS else os.path.basename(file_name).split(".", 1)[0]
@@ -913,9 +989,8 @@ class ScanFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(STATS, _emit_once(dict(self._stats)))
 
 
-def _bloom_stats(bloom: phi_scan.Bloom) -> dict[str, int]:
-    fpr_ppm = round(bloom.false_positive_rate() * 1e6)
-    return {"bloom_bits": bloom.bits, "bloom_items": bloom.items, "bloom_fpr_ppm": fpr_ppm}
+def _bloom_stats(bloom: BloomFile) -> dict[str, int]:
+    return {"bloom_bits": bloom.bits, "bloom_items": bloom.items, "bloom_fpr_ppm": bloom.false_positive_ppm}
 
 
 def _confirm(element: tuple[str, Mapping[str, Iterable[Any]]]) -> Iterator[dict[str, int]]:
@@ -974,7 +1049,7 @@ def run_scan(
         values = _read_lines(pipeline, "Scan", input_files, count=False).lines | "ExtractPhi" >> beam.ParDo(
             ExtractPhiFn(min_token_chars)
         ).with_outputs(STATS, main="values")
-        bloom = values.values | "BuildBloom" >> beam.CombineGlobally(BloomFn(bits, hashes))
+        bloom = values.values | "BuildBloom" >> beam.CombineGlobally(BloomFn(bits, hashes, _join(work_dir, BLOOM_FILE)))
         side = beam.pvalue.AsSingleton(bloom)
         scanned = sorted(
             {metadata.path for match in FileSystems.match(list(scanned_globs)) for metadata in match.metadata_list}

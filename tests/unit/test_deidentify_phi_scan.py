@@ -253,7 +253,7 @@ def test_bloom_combine_takes_batches_and_single_sequences(tmp_path: Path) -> Non
     from components.deidentify.pipeline import BloomFn
 
     sequences = _sequences_of_generated_data(tmp_path)
-    combine = BloomFn(1 << 18, 7)
+    combine = BloomFn(1 << 18, 7, str(tmp_path / "bloom.bin"))
     batched = combine.add_input(combine.create_accumulator(), sequences[:100])
     batched = combine.add_input(batched, sequences[100])
     single = combine.create_accumulator()
@@ -262,6 +262,26 @@ def test_bloom_combine_takes_batches_and_single_sequences(tmp_path: Path) -> Non
     assert batched.array == single.array and batched.items == single.items == 101
     merged = combine.merge_accumulators([batched, combine.add_input(combine.create_accumulator(), sequences[101:])])
     assert merged.items == len(sequences)
+
+
+def test_bloom_filter_travels_as_a_file_and_reads_back_identical(tmp_path: Path) -> None:
+    from components.deidentify.pipeline import BloomFn, load_bloom
+
+    sequences = _sequences_of_generated_data(tmp_path)
+    combine = BloomFn(1 << 18, 7, str(tmp_path / "bloom.bin"))
+    built = combine.add_input(combine.create_accumulator(), sequences)
+    saved = combine.extract_output(built)
+    assert (tmp_path / "bloom.bin").stat().st_size == (1 << 18) // 8
+    assert (saved.bits, saved.hashes, saved.items) == (1 << 18, 7, len(sequences))
+    assert saved.false_positive_ppm == round(built.false_positive_rate() * 1e6)
+    loaded = load_bloom(saved)
+    assert loaded.array == built.array
+    assert (loaded.lengths, loaded.first_lengths) == (built.lengths, built.first_lengths)
+    line = " ".join(" ".join(parts) for parts in sequences[:3])
+    assert list(loaded.candidates(line)) == list(built.candidates(line))
+    (tmp_path / "bloom.bin").write_bytes(b"\x00" * 10)  # truncated or replaced: refused
+    with pytest.raises(ValueError, match="not the 262144 bits"):
+        load_bloom(saved)
 
 
 def test_sequence_found_after_earlier_occurrences_of_its_first_token() -> None:
