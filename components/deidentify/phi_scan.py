@@ -13,7 +13,9 @@ with any separators, and ``Ann`` is not found inside ``Annual``. Values with no 
 single-token values shorter than ``min_token_chars`` and single all-digit tokens shorter than
 ``MIN_DIGIT_TOKEN_CHARS`` (a street number, a sequence number) are not searched and are counted
 as skipped. A single-word name or place found only inside kept coded vocabulary or redacted free
-text is counted as a vocabulary match, not a leak. Base64 attachment ``data`` is decoded and
+text is counted as a vocabulary match, not a leak; a value equal to a whole code of a standard
+terminology (``TERMINOLOGY_SYSTEMS``: an MRN that is also a SNOMED CT concept id) is counted as a
+coded match, not a leak (the same digits anywhere else are a hit). Base64 attachment ``data`` is decoded and
 scanned as text too. A JSON line is matched on its decoded text (JSON escapes such as ``\n``
 separate tokens, ``\u00e9`` is the letter); a line that is not JSON is matched as it is.
 
@@ -67,6 +69,23 @@ IDENTIFIER_LEAVES = frozenset({"serialNumber", "lotNumber", "distinctIdentifier"
 NAMED_ROOTS = frozenset({"Organization", "Location", "HealthcareService", "Group", "InsurancePlan", "Endpoint"})
 STRICT = "strict"
 VOCABULARY = "vocabulary"
+CODED = "coded"
+# Code systems whose codes are concepts, never identifiers of a person: an input identifier equal to
+# a whole code of one of them (an 8-digit MRN that is also a SNOMED CT concept id) is not a leak.
+TERMINOLOGY_SYSTEMS = frozenset(
+    {
+        "http://snomed.info/sct",
+        "http://loinc.org",
+        "http://www.nlm.nih.gov/research/umls/rxnorm",
+        "http://hl7.org/fhir/sid/icd-10-cm",
+        "http://hl7.org/fhir/sid/icd-10",
+        "http://hl7.org/fhir/sid/icd-9-cm",
+        "http://www.ama-assn.org/go/cpt",
+        "http://hl7.org/fhir/sid/ndc",
+        "http://hl7.org/fhir/sid/cvx",
+        "http://unitsofmeasure.org",
+    }
+)
 
 # Keys whose presence in an object makes the extraction look closer (everything else is only descended).
 _PHI_KEYS = frozenset(
@@ -528,19 +547,27 @@ class Bloom:
         return filled**self.hashes
 
 
-def _blank_vocabulary(value: Any, kept: list[str], key: str = "", blank: str = "") -> Any:
-    """Copies a JSON value with vocabulary/free-text strings replaced by ``blank`` (collected in ``kept``)."""
+def _blank_vocabulary(value: Any, kept: list[str], codes: list[str], key: str = "", blank: str = "") -> Any:
+    """Copies a JSON value with vocabulary/free-text strings replaced by ``blank`` (collected in ``kept``).
+
+    The ``code`` of a Coding (or Quantity) of a ``TERMINOLOGY_SYSTEMS`` system is blanked too and
+    collected in ``codes``.
+    """
     if isinstance(value, dict):
         out = {}
+        terminology = value.get("system") in TERMINOLOGY_SYSTEMS
         for k, v in value.items():
             if k == "data" and isinstance(v, str) and "contentType" in value:
                 kept.append(_decoded(v))
                 out[k] = blank
+            elif k == "code" and terminology and isinstance(v, str):
+                codes.append(v)
+                out[k] = blank
             else:
-                out[k] = _blank_vocabulary(v, kept, k, blank)
+                out[k] = _blank_vocabulary(v, kept, codes, k, blank)
         return out
     if isinstance(value, list):
-        return [_blank_vocabulary(v, kept, key, blank) for v in value]
+        return [_blank_vocabulary(v, kept, codes, key, blank) for v in value]
     if isinstance(value, str) and key in VOCABULARY_KEYS:
         kept.append(value)
         return blank
@@ -558,7 +585,8 @@ def line_candidates(line: str, bloom: Bloom) -> Iterator[tuple[str, str, int]]:
     """Yields ``(seq_key, flag, token count)`` for each Bloom-positive sequence of one output line.
 
     ``flag`` is ``"vocabulary"`` for sequences found only inside kept vocabulary, free text or a
-    decoded attachment (single-word names/places there are exempt), ``"strict"`` otherwise.
+    decoded attachment (single-word names/places there are exempt), ``"coded"`` for a whole code of
+    a ``TERMINOLOGY_SYSTEMS`` coding (exempt), ``"strict"`` otherwise.
     """
     return iter(line_candidates_bytes(line.encode("utf-8"), bloom))
 
@@ -669,12 +697,17 @@ def _parsed_candidates(raw: bytes, bloom: Bloom) -> list[tuple[str, str, int, by
         return _keyed(bloom.token_candidates(_fold(raw).split()), STRICT)
     found: list[tuple[str, str, int, bytes]] = []
     vocabulary: list[str] = []
+    codes: list[str] = []
     # Removed strings become a NUL string ("\u0000" in orjson's output): no sequence spans one.
-    blanked = orjson.dumps(_blank_vocabulary(document, vocabulary, blank="\x00"))
+    blanked = orjson.dumps(_blank_vocabulary(document, vocabulary, codes, blank="\x00"))
     for segment in blanked.split(_GAP):
         found += _keyed(bloom.token_candidates(_fold(_JSON_ESCAPE.sub(b" ", segment)).split()), STRICT)
     for text in vocabulary:
         found += _keyed(bloom.token_candidates(_fold(text.encode("utf-8")).split()), VOCABULARY)
+    for code in codes:
+        parts = _fold(code.encode("utf-8")).split()
+        for sequence in bloom.token_candidates(parts):  # only the whole code is a concept; a part of it is strict
+            found += _keyed([sequence], CODED if len(sequence) == len(parts) else STRICT)
     return found
 
 
@@ -686,7 +719,7 @@ def confirm(categories: Iterable[str], candidates: Iterable[tuple[str, str, int]
         candidates: ``(file kind, flag, token count)`` of output sequences with this key.
 
     Returns:
-        ``hits\t<kind>\t<category>`` and ``vocabulary_matches`` counts.
+        ``hits\t<kind>\t<category>``, ``vocabulary_matches`` and ``coded_matches`` counts.
     """
     found = set(categories)
     counts: Counter[str] = Counter()
@@ -696,6 +729,8 @@ def confirm(categories: Iterable[str], candidates: Iterable[tuple[str, str, int]
         for category in found:
             if flag == VOCABULARY and length == 1 and category in EXEMPTABLE_CATEGORIES:
                 counts["vocabulary_matches"] += 1
+            elif flag == CODED:
+                counts["coded_matches"] += 1
             else:
                 counts[f"hits\t{kind}\t{category}"] += 1
     return counts

@@ -224,6 +224,7 @@ def build_report(
             "hits": {c: hits.get(c, 0) for c in PHI_CATEGORIES},
             "hits_by_file_type": dict(sorted(hits_by_type.items())),
             "single_words_in_coded_vocabulary": scan.get("vocabulary_matches", 0),
+            "whole_terminology_codes_equal_to_an_input_value": scan.get("coded_matches", 0),
             "total_hits": sum(hits.values()),
             "passed": sum(hits.values()) == 0,
         },
@@ -278,7 +279,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<p class='{'ok' if scan['passed'] else 'bad'}'>Residual-PHI scan: <b>{verdict}</b> "
         f"({_fmt(scan['total_hits'])} hits in {_fmt(scan['lines_scanned'])} output lines; "
         f"{_fmt(scan['single_words_in_coded_vocabulary'])} single-word names/places seen only inside kept "
-        "coded vocabulary, not counted as hits).</p>",
+        f"coded vocabulary and {_fmt(scan['whole_terminology_codes_equal_to_an_input_value'])} terminology "
+        "codes (SNOMED CT, LOINC, RxNorm, ICD, ...) equal to an input value, not counted as hits).</p>",
         _table(
             "Resources",
             [(k, resources["in"].get(k, 0), resources["out"].get(k, 0)) for k in kinds]

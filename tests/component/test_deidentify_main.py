@@ -311,18 +311,22 @@ def test_bad_lines_go_to_the_dead_letter_without_phi(tmp_path: Path) -> None:
         assert value.lower() not in text.lower(), value
 
 
-def test_residual_phi_fails_the_stage_and_deletes_the_output(tmp_path: Path) -> None:
-    source = tmp_path / "in"
+def _mrn_as_a_code(source: Path, system: str) -> None:
+    """A Patient whose MRN is 38341003 and a Condition whose (kept) code of ``system`` is too."""
     source.mkdir()
-    leaky = dict(PATIENT, identifier=[{"value": "38341003"}])  # an MRN that is also a kept SNOMED code
-    write_lines(source / "Patient.ndjson", [json.dumps(leaky)])
+    write_lines(source / "Patient.ndjson", [json.dumps(dict(PATIENT, identifier=[{"value": "38341003"}]))])
     condition = {
         "resourceType": "Condition",
         "id": "c1",
         "subject": {"reference": "Patient/hand-1"},
-        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003", "display": "Hypertension"}]},
+        "code": {"coding": [{"system": system, "code": "38341003", "display": "Hypertension"}]},
     }
     write_lines(source / "Condition.ndjson", [json.dumps(condition)])
+
+
+def test_residual_phi_fails_the_stage_and_deletes_the_output(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    _mrn_as_a_code(source, "http://hospital.example/local-codes")  # a local code the policy keeps
     base = tmp_path / "run"
     with pytest.raises(UserError, match=r"residual-PHI scan found .*identifiers=1.*Condition=1.*output files deleted"):
         run_stage(base, source)
@@ -330,6 +334,16 @@ def test_residual_phi_fails_the_stage_and_deletes_the_output(tmp_path: Path) -> 
     report = json.loads((base / "report_json" / "deid_report.json").read_text())
     assert report["residual_phi_scan"]["passed"] is False and report["residual_phi_scan"]["hits"]["identifiers"] == 1
     assert "38341003" not in json.dumps(report) + (base / "report.html").read_text()
+
+
+def test_an_mrn_equal_to_a_snomed_code_is_reported_not_failed(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    _mrn_as_a_code(source, "http://snomed.info/sct")  # the concept id of hypertension, not the patient's MRN
+    base = tmp_path / "run"
+    run_stage(base, source)
+    scan = json.loads((base / "report_json" / "deid_report.json").read_text())["residual_phi_scan"]
+    assert scan["passed"] is True and scan["whole_terminology_codes_equal_to_an_input_value"] == 1
+    assert "1 terminology codes" in (base / "report.html").read_text()
 
 
 def test_missing_key_exits_2_with_one_line(

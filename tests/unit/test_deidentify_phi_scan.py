@@ -129,6 +129,24 @@ def test_bloom_merge_is_a_union() -> None:
     assert first.items == 2 and 0 < first.false_positive_rate() < 1e-6
 
 
+def test_an_identifier_equal_to_a_whole_terminology_code_is_a_coded_match_not_a_hit() -> None:
+    # Found at 30k generated patients: an 8-digit MRN that is also the SNOMED CT concept id of
+    # "Streptococcal sore throat" failed the run on every Condition with that diagnosis.
+    patient = {"resourceType": "Patient", "id": "p-1", "identifier": [{"value": "43878008"}]}
+
+    def coding(system: str, code: str) -> str:
+        condition = {"resourceType": "Condition", "code": {"coding": [{"system": system, "code": code}]}}
+        return orjson.dumps(condition).decode()
+
+    assert scan([coding("http://snomed.info/sct", "43878008")], patient) == Counter({"coded_matches": 1})
+    assert scan([coding("http://loinc.org", "43878008")], patient) == Counter({"coded_matches": 1})
+    # The same digits anywhere else stay hits: a local code system, part of a longer code, free text.
+    assert scan([coding("urn:oid:1.2.3.4", "43878008")], patient) == Counter({"hits\tline\tidentifiers": 1})
+    assert scan([coding("http://snomed.info/sct", "43878008-7")], patient) == Counter({"hits\tline\tidentifiers": 1})
+    note = '{"resourceType":"Condition","note":[{"text":"MRN 43878008"}]}'
+    assert scan([note], patient) == Counter({"hits\tline\tidentifiers": 1})
+
+
 def test_bloom_merge_rejects_a_filter_of_another_size() -> None:
     first, second = Bloom.empty(1 << 12, 5), Bloom.empty(1 << 13, 5)
     with pytest.raises(ValueError, match="4096 and 8192 bits"):
