@@ -59,12 +59,14 @@ import io
 import os
 import re
 import sys
+import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 import orjson
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
@@ -96,8 +98,9 @@ DEAD = "dead"
 KNOWN = "known"
 LINKS = "links"
 FIRST_TOKENS = "first_tokens"
-# The residual scan's Bloom filter: bits per input resource (about 4 entries each: first token, length
-# and sequence of ~1.4 values), so the fill stays near 35% and a lookup's false-positive rate near 1e-3.
+# The residual scan's Bloom filter: bits per input resource (up to 3 entries per value: first token,
+# length and sequence; ~1.4 values per resource), so the fill stays near 30% and the estimated
+# false-positive rate near 200 ppm (169 ppm measured at 10k generated patients).
 BLOOM_BITS_PER_RESOURCE = 64
 MAX_BLOOM_BITS = 2**34
 REDACTOR_CACHE = 512  # patients' free-text redactors kept per worker
@@ -107,6 +110,7 @@ REID = "reid"
 STATS_FILE = "stats.json"
 SCAN_FILE = "scan.json"
 BLOOM_FILE = "bloom.bin"  # the residual scan's Bloom filter bits (scratch directory)
+BLOOM_PARTS_DIR = "bloom-parts"  # one filter per ExtractPhiFn bundle, ORed into BLOOM_FILE
 LANE_DIRS = ("dicom", "device_logs", "documents")
 
 IN_PREFIX = "in\t"
@@ -798,27 +802,40 @@ def phi_values(
 
 
 class ExtractPhiFn(beam.DoFn):
-    """Yields the token sequences of the identifying values of every input resource (for the Bloom filter).
+    """Adds the identifying values of every input resource to this bundle's Bloom filter, saved as a part.
 
-    One list of sequences per batch of input lines (not one element per value: the runner's
-    per-element cost was most of the Bloom build); ``BloomFn`` adds a list at once.
+    Each bundle fills one filter of the final size and writes it to ``<parts_dir>/<uuid>.bin`` in
+    ``finish_bundle``; ``merge_bloom_parts`` ORs the parts. No filter travels through the runner:
+    as a combine accumulator the local runner pickled and buffered it several times (900 MB at
+    100k generated patients for a 100 MB filter).
     """
 
-    def __init__(self, min_token_chars: int) -> None:
+    def __init__(self, min_token_chars: int, bits: int, hashes: int, parts_dir: str) -> None:
         self._min = min_token_chars
+        self._bits = bits
+        self._hashes = hashes
+        self._parts_dir = parts_dir
 
     def start_bundle(self) -> None:
-        """Resets the per-bundle counts."""
+        """Resets the per-bundle counts; the filter is created on the first value."""
         self._stats: Counter[str] = Counter()
+        self._bloom: phi_scan.Bloom | None = None
 
     def process(self, element: tuple[str, list[tuple[int, bytes]]]) -> Iterator[Any]:
-        """Extracts PHI values from one batch of input lines."""
+        """Adds the values of one batch of input lines."""
         sequences = [parts for _, parts in phi_values(element[1], self._min, self._stats)]
         if sequences:
-            yield sequences
+            if self._bloom is None:
+                self._bloom = phi_scan.Bloom.empty(self._bits, self._hashes)
+            self._bloom.add_sequences(sequences)
+        return iter(())
 
     def finish_bundle(self) -> Iterator[Any]:
-        """Emits this bundle's counts."""
+        """Saves this bundle's filter (when it has values) and emits it and the counts."""
+        if self._bloom is not None:
+            path = _join(self._parts_dir, f"{uuid.uuid4().hex}.bin")
+            yield _emit_once(save_bloom(self._bloom, path))
+            self._bloom = None
         yield beam.pvalue.TaggedOutput(STATS, _emit_once(dict(self._stats)))
 
 
@@ -860,11 +877,11 @@ class MatchCandidateValuesFn(beam.DoFn):
 
 @dataclass(frozen=True)
 class BloomFile:
-    """A built Bloom filter whose bits wait in a file: the scan's side input stays a few bytes.
+    """A built Bloom filter (or one bundle's part of it) whose bits wait in a file.
 
-    A side input holding the filter itself was copied several times by the local runner (the
-    encoded side input, the decoded one, the combine's encoded accumulator): at 100k generated
-    patients (a 100 MB filter) that was most of the stage's peak memory.
+    The scan's side input stays a few bytes: a side input or combine accumulator holding the
+    filter itself was pickled and buffered several times by the local runner (the scan phase
+    peaked at 1.4 GB at 100k generated patients, for a 100 MB filter).
 
     Attributes:
         path: Where the bit array is (any Beam filesystem; the stage's scratch directory).
@@ -920,39 +937,55 @@ def load_bloom(bloom_file: BloomFile) -> phi_scan.Bloom:
     )
 
 
-class BloomFn(beam.CombineFn):
-    """Builds the Bloom filter of the value token sequences and saves it (``BloomFile``)."""
+MERGE_BLOCK_BYTES = 8 << 20  # parts are ORed this many bytes at a time
 
-    def __init__(self, bits: int, hashes: int, path: str) -> None:
-        self._bits = bits
-        self._hashes = hashes
-        self._path = path
 
-    def create_accumulator(self) -> phi_scan.Bloom:
-        """An empty filter."""
-        return phi_scan.Bloom.empty(self._bits, self._hashes)
+def merge_bloom_parts(parts: Sequence[BloomFile], path: str, bits: int, hashes: int) -> BloomFile:
+    """ORs the bundles' filter parts into one file at ``path`` block by block; deletes the parts.
 
-    def add_input(
-        self, accumulator: phi_scan.Bloom, element: tuple[str, ...] | list[tuple[str, ...]]
-    ) -> phi_scan.Bloom:
-        """Adds one sequence (a tuple of tokens) or a list of sequences (``ExtractPhiFn``'s batches)."""
-        if isinstance(element, list):
-            accumulator.add_sequences(element)
-        else:
-            accumulator.add_sequence(element)
-        return accumulator
+    An input with no searchable value at all gives an empty filter of the same size.
 
-    def merge_accumulators(self, accumulators: Iterable[phi_scan.Bloom]) -> phi_scan.Bloom:
-        """ORs the filters."""
-        iterator = iter(accumulators)
-        merged = next(iterator)
-        for other in iterator:
-            merged.merge(other)
-        return merged
+    Args:
+        parts: The parts ``ExtractPhiFn`` saved (each of ``bits`` bits).
+        path: Where the merged filter goes.
+        bits: Filter size in bits.
+        hashes: Bit positions per item.
 
-    def extract_output(self, accumulator: phi_scan.Bloom) -> BloomFile:
-        """Saves the filter to the path given at construction."""
-        return save_bloom(accumulator, self._path)
+    Raises:
+        ValueError: A part has another size than ``bits``.
+    """
+    for part in parts:
+        if (part.bits, part.hashes) != (bits, hashes):
+            raise ValueError(f"Bloom filter part of {part.bits} bits/{part.hashes} hashes, not {bits}/{hashes}")
+    size = (bits + 7) // 8
+    handles = [FileSystems.open(part.path, compression_type=CompressionTypes.UNCOMPRESSED) for part in parts]
+    set_bits = 0
+    try:
+        with FileSystems.create(path, mime_type="application/octet-stream") as out:
+            for offset in range(0, size, MERGE_BLOCK_BYTES):
+                length = min(MERGE_BLOCK_BYTES, size - offset)
+                block = np.zeros(length, dtype=np.uint8)
+                for handle in handles:
+                    data = handle.read(length)
+                    if len(data) != length:
+                        raise ValueError(f"Bloom filter part is shorter than its {bits} bits")
+                    np.bitwise_or(block, np.frombuffer(data, dtype=np.uint8), out=block)
+                set_bits += int(np.bitwise_count(block).sum(dtype=np.int64))
+                out.write(block.tobytes())
+    finally:
+        for handle in handles:
+            handle.close()
+    if parts:
+        FileSystems.delete([part.path for part in parts])
+    return BloomFile(
+        path,
+        bits,
+        hashes,
+        tuple(sorted({n for part in parts for n in part.lengths})),
+        tuple(sorted({n for part in parts for n in part.first_lengths})),
+        sum(part.items for part in parts),
+        round((set_bits / bits) ** hashes * 1e6),
+    )
 
 
 class ScanFn(beam.DoFn):
@@ -1047,9 +1080,13 @@ def run_scan(
     with beam.Pipeline(options=options) as pipeline:
         min_token_chars = int(settings.get("min_token_chars", phi_scan.MIN_TOKEN_CHARS))
         values = _read_lines(pipeline, "Scan", input_files, count=False).lines | "ExtractPhi" >> beam.ParDo(
-            ExtractPhiFn(min_token_chars)
-        ).with_outputs(STATS, main="values")
-        bloom = values.values | "BuildBloom" >> beam.CombineGlobally(BloomFn(bits, hashes, _join(work_dir, BLOOM_FILE)))
+            ExtractPhiFn(min_token_chars, bits, hashes, _join(work_dir, BLOOM_PARTS_DIR))
+        ).with_outputs(STATS, main="parts")
+        bloom = (
+            values.parts
+            | "AllBloomParts" >> beam.combiners.ToList()
+            | "MergeBloomParts" >> beam.Map(merge_bloom_parts, _join(work_dir, BLOOM_FILE), bits, hashes)
+        )
         side = beam.pvalue.AsSingleton(bloom)
         scanned = sorted(
             {metadata.path for match in FileSystems.match(list(scanned_globs)) for metadata in match.metadata_list}

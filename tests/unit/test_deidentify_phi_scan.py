@@ -267,28 +267,58 @@ def test_add_sequences_sets_the_same_bits_and_counts_as_one_by_one(tmp_path: Pat
         )
 
 
-def test_bloom_combine_takes_batches_and_single_sequences(tmp_path: Path) -> None:
-    from components.deidentify.pipeline import BloomFn
+def test_bundle_parts_merge_into_the_filter_of_all_values(tmp_path: Path) -> None:
+    from components.deidentify.pipeline import load_bloom, merge_bloom_parts, save_bloom
 
-    sequences = _sequences_of_generated_data(tmp_path)
-    combine = BloomFn(1 << 18, 7, str(tmp_path / "bloom.bin"))
-    batched = combine.add_input(combine.create_accumulator(), sequences[:100])
-    batched = combine.add_input(batched, sequences[100])
-    single = combine.create_accumulator()
-    for parts in sequences[:101]:
-        single = combine.add_input(single, parts)
-    assert batched.array == single.array and batched.items == single.items == 101
-    merged = combine.merge_accumulators([batched, combine.add_input(combine.create_accumulator(), sequences[101:])])
-    assert merged.items == len(sequences)
+    sequences = _sequences_of_generated_data(tmp_path / "data")
+    bits, hashes = (1 << 18) + 64, 7  # not a multiple of the merge block: the last block is short
+    whole = Bloom.empty(bits, hashes)
+    whole.add_sequences(sequences)
+    parts = []
+    for number, chunk in enumerate((sequences[:100], sequences[100:])):
+        part = Bloom.empty(bits, hashes)
+        part.add_sequences(chunk)
+        parts.append(save_bloom(part, str(tmp_path / "parts" / f"{number}.bin")))
+    merged = merge_bloom_parts(parts, str(tmp_path / "bloom.bin"), bits, hashes)
+    assert load_bloom(merged).array == whole.array
+    assert (merged.items, set(merged.lengths), set(merged.first_lengths)) == (
+        whole.items,
+        whole.lengths,
+        whole.first_lengths,
+    )
+    assert merged.false_positive_ppm == round(whole.false_positive_rate() * 1e6)
+    assert list((tmp_path / "parts").iterdir()) == []  # parts are deleted once merged
+    empty = merge_bloom_parts([], str(tmp_path / "empty.bin"), bits, hashes)  # no searchable value at all
+    assert load_bloom(empty).array == Bloom.empty(bits, hashes).array and empty.items == 0
+    other = save_bloom(Bloom.empty(1 << 12, hashes), str(tmp_path / "other.bin"))
+    with pytest.raises(ValueError, match="4096 bits/7 hashes, not 262208/7"):
+        merge_bloom_parts([other], str(tmp_path / "x.bin"), bits, hashes)
+
+
+def test_extract_fn_saves_one_part_per_bundle_with_every_value(tmp_path: Path) -> None:
+    from components.deidentify.pipeline import ExtractPhiFn, load_bloom
+
+    generate_fhir_bulk(tmp_path / "data", patients=3, seed=5)
+    lines = [line for path in sorted((tmp_path / "data").glob("*.ndjson")) for line in path.read_bytes().splitlines()]
+    extract = ExtractPhiFn(2, 1 << 18, 7, str(tmp_path / "parts"))
+    extract.start_bundle()
+    for start in range(0, len(lines), 7):
+        batch = ("x.ndjson", list(enumerate(lines[start : start + 7])))
+        assert list(extract.process(batch)) == []
+    parts = [item.value for item in extract.finish_bundle() if not hasattr(item, "tag")]
+    assert len(parts) == 1 and len(list((tmp_path / "parts").iterdir())) == 1
+    expected = Bloom.empty(1 << 18, 7)
+    expected.add_sequences(searchable(v) for raw in lines for _, v in resource_phi(orjson.loads(raw)) if searchable(v))
+    assert load_bloom(parts[0]).array == expected.array and parts[0].items == expected.items
 
 
 def test_bloom_filter_travels_as_a_file_and_reads_back_identical(tmp_path: Path) -> None:
-    from components.deidentify.pipeline import BloomFn, load_bloom
+    from components.deidentify.pipeline import load_bloom, save_bloom
 
     sequences = _sequences_of_generated_data(tmp_path)
-    combine = BloomFn(1 << 18, 7, str(tmp_path / "bloom.bin"))
-    built = combine.add_input(combine.create_accumulator(), sequences)
-    saved = combine.extract_output(built)
+    built = Bloom.empty(1 << 18, 7)
+    built.add_sequences(sequences)
+    saved = save_bloom(built, str(tmp_path / "bloom.bin"))
     assert (tmp_path / "bloom.bin").stat().st_size == (1 << 18) // 8
     assert (saved.bits, saved.hashes, saved.items) == (1 << 18, 7, len(sequences))
     assert saved.false_positive_ppm == round(built.false_positive_rate() * 1e6)
