@@ -19,8 +19,8 @@ coded match, not a leak (the same digits anywhere else are a hit). Base64 attach
 scanned as text too. A JSON line is matched on its decoded text (JSON escapes such as ``\n``
 separate tokens, ``\u00e9`` is the letter); a line that is not JSON is matched as it is.
 
-Memory: the value set is summarised in a fixed-size Bloom filter (``Bloom``: first tokens and
-whole token sequences, size from the policy) that every scanning worker holds; each output line
+Memory: the value set is summarised in a Bloom filter (``Bloom``: first tokens and whole token
+sequences; sized by the input, see ``pipeline.bloom_bits``) that every scanning worker holds; each output line
 is tested against it, and only candidate sequences (Bloom positives) are confirmed exactly by a
 keyed join with the input values (``seq_key`` on both sides), so a Bloom false positive never
 counts as a hit.

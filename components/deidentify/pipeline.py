@@ -63,7 +63,7 @@ import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 import numpy as np
@@ -88,6 +88,9 @@ from components.deidentify.transform import (
     provider_values,
     reference_day,
 )
+
+if TYPE_CHECKING:
+    from components.deidentify.free_text import KnownIdentifiers
 
 RESOURCE_TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 PROGRESS_EVERY = 20000
@@ -343,7 +346,7 @@ def merge_known(values: Iterable[bytes]) -> bytes:
     ).to_bytes()
 
 
-def known_of(known: Mapping[str, bytes], patient_id: str | None) -> Any:
+def known_of(known: Mapping[str, bytes], patient_id: str | None) -> KnownIdentifiers | None:
     """The decoded ``KnownIdentifiers`` of one patient from the side input (None when absent)."""
     from components.deidentify.free_text import KnownIdentifiers
 
