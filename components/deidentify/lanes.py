@@ -31,6 +31,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from components.deidentify import pipeline
+from components.deidentify.lookup_files import LookupFile, LookupReader, TextLookup
 
 LANE_IN_PREFIX = "lane_in\t"
 LANE_OUT_PREFIX = "lane_out\t"
@@ -76,7 +77,23 @@ def _dead(lane: str, name: str, line: int, reason: str) -> Any:
     )
 
 
-class DicomFileFn(beam.DoFn):
+class LinkedFileFn(beam.DoFn):
+    """A lane's DoFn that links each file to its patient through the patient-links lookup file."""
+
+    def setup(self) -> None:
+        """The lookup file is opened on first use."""
+        self._links = LookupReader()
+
+    def teardown(self) -> None:
+        """Closes the lookup file."""
+        self._links.close()
+
+    def _crosswalk(self, links_file: LookupFile) -> Mapping[str, str]:
+        """Identifier value (MRN, ...) -> original FHIR Patient id."""
+        return TextLookup(self._links.use(links_file), links_file.keys)
+
+
+class DicomFileFn(LinkedFileFn):
     """De-identifies one DICOM file."""
 
     def __init__(self, key: bytes, dicom_section: Mapping[str, Any], source: str, output_dir: str) -> None:
@@ -89,6 +106,7 @@ class DicomFileFn(beam.DoFn):
         """Parses the ``dicom:`` policy section once per worker."""
         from components.deidentify.dicom.policy import parse_dicom_policy
 
+        super().setup()
         self._policy = parse_dicom_policy(self._section, self._source)
 
     def _residual(self, original: bytes, output: bytes) -> int:
@@ -102,10 +120,11 @@ class DicomFileFn(beam.DoFn):
         dataset = pydicom.dcmread(BytesIO(original), stop_before_pixels=True, force=True)
         return sum(scan_dicom_output(output, dicom_identifying_values(dataset, self._policy)).values())
 
-    def process(self, path: str, crosswalk: Mapping[str, str]) -> Iterator[Any]:
+    def process(self, path: str, links_file: LookupFile) -> Iterator[Any]:
         """Yields counts (main output) and a dead letter when the file is not written (fail closed)."""
         from components.deidentify.dicom.deidentify import deidentify_dicom
 
+        crosswalk = self._crosswalk(links_file)
         name = os.path.basename(path)
         data = _read(path)
         result = deidentify_dicom(data, self._key, self._policy, crosswalk)
@@ -130,19 +149,19 @@ class DicomFileFn(beam.DoFn):
         yield dict(counts)
 
 
-class DeviceLogFileFn(beam.DoFn):
+class DeviceLogFileFn(LinkedFileFn):
     """De-identifies one device-log file (JSONL or CSV)."""
 
     def __init__(self, key: bytes, output_dir: str) -> None:
         self._key = key
         self._output_dir = output_dir
 
-    def process(self, path: str, crosswalk: Mapping[str, str]) -> Iterator[Any]:
+    def process(self, path: str, links_file: LookupFile) -> Iterator[Any]:
         """Yields counts (main output) and one dead letter per rejected row."""
         from components.deidentify.device_logs import deidentify_device_log
 
         name = os.path.basename(path)
-        result = deidentify_device_log(name, _read(path), self._key, crosswalk)
+        result = deidentify_device_log(name, _read(path), self._key, self._crosswalk(links_file))
         counts: Counter[str] = Counter()
         counts[LANE_IN_PREFIX + "device_logs"] += result.counts["records_in"] + (
             1 if result.counts["records_in"] == 0 and result.dead_letter else 0
@@ -158,14 +177,24 @@ class DeviceLogFileFn(beam.DoFn):
         yield dict(counts)
 
 
-class DocumentFileFn(beam.DoFn):
+class DocumentFileFn(LinkedFileFn):
     """Redacts the extracted text of one PDF document."""
 
     def __init__(self, key: bytes, output_dir: str) -> None:
         self._key = key
         self._output_dir = output_dir
 
-    def process(self, path: str, crosswalk: Mapping[str, str], known: Mapping[str, bytes]) -> Iterator[Any]:
+    def setup(self) -> None:
+        """The lookup files are opened on first use."""
+        super().setup()
+        self._known = LookupReader()
+
+    def teardown(self) -> None:
+        """Closes the lookup files."""
+        super().teardown()
+        self._known.close()
+
+    def process(self, path: str, links_file: LookupFile, known_file: LookupFile) -> Iterator[Any]:
         """Yields counts (main output) and a dead letter when the document is not written."""
         from components.deidentify.dicom.linkage import link_patient
         from components.deidentify.free_text import Redactor
@@ -189,9 +218,10 @@ class DocumentFileFn(beam.DoFn):
             yield dict(counts)
             return
         mrn = document.get("patient_mrn") or ""
+        crosswalk = self._crosswalk(links_file)
         link = link_patient(self._key, mrn, crosswalk)
         fhir_id = crosswalk.get(mrn) if mrn else None
-        identifiers = pipeline.known_of(known, fhir_id)
+        identifiers = pipeline.known_of(self._known.use(known_file), fhir_id)
         care_team_redacted, redactions = redact_care_team(text)
         redacted, patient_redactions = Redactor(identifiers).redact(care_team_redacted)
         redactions.update(patient_redactions)
@@ -216,8 +246,8 @@ class DocumentFileFn(beam.DoFn):
         yield dict(counts)
 
 
-def _crosswalk(context: pipeline.LaneContext, lane: str) -> Any:
-    return beam.pvalue.AsDict(context.patient_links | f"{lane}Crosswalk" >> beam.CombinePerKey(min))
+def _crosswalk(context: pipeline.LaneContext) -> Any:
+    return beam.pvalue.AsSingleton(context.patient_links)
 
 
 def _prepare(context: pipeline.LaneContext, lane: str) -> tuple[list[str], str]:
@@ -237,7 +267,7 @@ def dicom_lane(context: pipeline.LaneContext) -> tuple[beam.PCollection, beam.PC
         | "DeidentifyDicom"
         >> beam.ParDo(
             DicomFileFn(context.key, context.policy.document.get("dicom", {}), context.policy.source, output),
-            _crosswalk(context, "Dicom"),
+            _crosswalk(context),
         ).with_outputs(pipeline.DEAD, main="counts")
     )
     return results.counts, results[pipeline.DEAD]
@@ -250,7 +280,7 @@ def device_log_lane(context: pipeline.LaneContext) -> tuple[beam.PCollection, be
         context.pipeline
         | "DeviceLogFiles" >> beam.Create(files)
         | "DeidentifyDeviceLogs"
-        >> beam.ParDo(DeviceLogFileFn(context.key, output), _crosswalk(context, "DeviceLogs")).with_outputs(
+        >> beam.ParDo(DeviceLogFileFn(context.key, output), _crosswalk(context)).with_outputs(
             pipeline.DEAD, main="counts"
         )
     )
@@ -263,12 +293,12 @@ def document_lane(context: pipeline.LaneContext) -> tuple[beam.PCollection, beam
     # The PDFs stay behind by design (their pages may hold PHI in images or metadata); any other
     # file is unexpected and goes to the dead letter rather than being skipped silently.
     texts = [path for path in files if not path.endswith(".pdf")]
-    known = beam.pvalue.AsDict(context.known_identifiers)
+    known = beam.pvalue.AsSingleton(context.known_identifiers)
     results = (
         context.pipeline
         | "DocumentFiles" >> beam.Create(texts)
         | "RedactDocuments"
-        >> beam.ParDo(DocumentFileFn(context.key, output), _crosswalk(context, "Documents"), known).with_outputs(
+        >> beam.ParDo(DocumentFileFn(context.key, output), _crosswalk(context), known).with_outputs(
             pipeline.DEAD, main="counts"
         )
     )

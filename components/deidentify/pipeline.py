@@ -7,29 +7,31 @@ type and batch, which keeps the per-element runner overhead small):
 * parse with orjson; bad lines (not JSON, not an object, no valid ``resourceType``, a Patient
   without ``id``) go to the dead-letter output as ``{"source", "line", "reason"}`` (no PHI);
 * a pre-pass (a second read of the files, parsing only the lines a byte pre-filter picks) gives
-  three side inputs of the de-identify step: an identifier crosswalk ``"<Type>|<system>|<value>"
-  -> id`` of the policy's conditional-reference targets (Practitioner, Organization, ...); the
+  what the de-identify step looks up: an identifier crosswalk ``"<Type>|<system>|<value>" -> id``
+  of the policy's conditional-reference targets (Practitioner, Organization, ...) and the
   providers' names, addresses, telecom and identifier values that free text is also redacted of
-  (both grow with providers, not patients); and each Patient's encoded ``KnownIdentifiers`` (original
-  Patient id -> the values free text is redacted of; grows with patients, not resources);
+  (both side inputs; they grow with providers, not patients); and each Patient's encoded
+  ``KnownIdentifiers`` (original Patient id -> the values free text is redacted of), which grows
+  with patients and so waits on disk, in a SQLite lookup file in the scratch directory
+  (``components.deidentify.lookup_files``; the side input is the file's name);
 * non-Patient resources are de-identified at once (one walk) and written. When the walk meets
   free text of a patient's resource, that patient's redactor (``components.deidentify.free_text``)
-  is built from the side input, or taken from a per-worker LRU cache (``PatientRedactors``:
+  is built from the lookup file, or taken from a per-worker LRU cache (``PatientRedactors``:
   exports list a patient's resources together, so it is built about once per patient and file);
 * Patients are counted (and dead-lettered when bad) with the other lines, and de-identified in a
   stage that reads them from the input again once its side input, the end of data (latest
   original date of any patient-linked resource, needed for the age cap), is known, so no Patient
   waits in memory; they also give the k-anonymity quasi-identifier counts. The pre-pass gives the
-  patient crosswalk ``identifier value (MRN, ...) -> Patient id`` (``patient_links``) that other
-  lanes use for linkage;
+  patient crosswalk ``identifier value (MRN, ...) -> Patient id`` (``patient_links``, a lookup file
+  too) that other lanes use for linkage;
 * **lanes seam**: ``LANES`` maps a lane name (``dicom``, ``device_logs``, ``documents``, the
   input subdirectories of the ingest layout) to a builder called with a ``LaneContext`` (the
   pipeline, directories, key, policy, and the ``patient_links`` PCollection). A builder adds its
   own transforms and returns a PCollection of count dictionaries (``lane_in``/``lane_out``/
   ``lane_dead`` prefixes, summed with the FHIR counts) and a PCollection of dead-letter records
-  (written with the FHIR ones). ``components.deidentify.lanes`` registers ``dicom`` and
-  ``device_logs``; input subdirectories without a registered lane (``documents`` today) are
-  reported as not processed (their files are not copied to the output);
+  (written with the FHIR ones). ``components.deidentify.lanes`` registers ``dicom``,
+  ``device_logs`` and ``documents``; an input subdirectory without a registered lane would be
+  reported as not processed (its files are not copied to the output);
 * outputs are written with ``fileio.WriteToFiles`` (one writer for Patients, one for the other
   resources), one destination per resource type, named like a FHIR Bulk export:
   ``<ResourceType>.<nnn>.ndjson``;
@@ -43,13 +45,15 @@ exactly: the inputs are read once more, the values whose key is a candidate's ar
 (``MatchCandidateValuesFn``) and a ``CoGroupByKey`` of those few values and the candidates counts
 the hits, so a Bloom false positive never counts and no step holds every value.
 
-Memory (FnApiRunner/DirectRunner): the side inputs are the provider crosswalk, the patients' known
-identifiers (encoded), the Bloom filter's file (``BloomFile``: the bits are read from the scratch
-directory by each scanning worker, not passed as a side input) and the end-of-data day. What grows
-with the input: the known identifiers (per patient, not per resource), the Bloom filter (sized at
-``bloom_bits_per_resource`` per input resource so its false-positive rate does not grow) and the
-scan's candidates (output sequences that pass the Bloom filter, few when the output is clean); the
-local runner keeps those in memory, Dataflow/Flink/Spark keep side inputs and shuffles on disk.
+Memory (FnApiRunner/DirectRunner): the side inputs are the provider crosswalk, the provider values,
+the names of the lookup files (``LookupFile``: known identifiers, patient links) and of the Bloom
+filter's file (``BloomFile``), and the end-of-data day; each worker reads those files itself (SQLite
+for the lookups, about 2 MB of page cache; the Bloom bits once). What grows with the input: the
+provider side inputs (with providers), the Bloom filter (sized at ``bloom_bits_per_resource`` per
+input resource so its false-positive rate does not grow) and the scan's candidates (output
+sequences that pass the Bloom filter, few when the output is clean). As ``AsDict`` side inputs the
+known identifiers cost the local runner about 1.5 KB per patient (grouped, materialised and
+decoded copies); Dataflow/Flink/Spark keep side inputs and shuffles on disk anyway.
 """
 
 from __future__ import annotations
@@ -78,6 +82,13 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from components.deidentify import phi_scan
 from components.deidentify.dates import parse_day
+from components.deidentify.lookup_files import (
+    LOOKUP_PARTS_DIR,
+    LookupFile,
+    LookupReader,
+    WriteLookupPartsFn,
+    merge_lookup_parts,
+)
 from components.deidentify.policy import Policy, rules_of
 from components.deidentify.references import resource_patient_id
 from components.deidentify.transform import (
@@ -114,6 +125,8 @@ STATS_FILE = "stats.json"
 SCAN_FILE = "scan.json"
 BLOOM_FILE = "bloom.bin"  # the residual scan's Bloom filter bits (scratch directory)
 BLOOM_PARTS_DIR = "bloom-parts"  # one filter per ExtractPhiFn bundle, ORed into BLOOM_FILE
+KNOWN_FILE = "known-identifiers.sqlite"  # the patients' encoded KnownIdentifiers (scratch directory)
+LINKS_FILE = "patient-links.sqlite"  # identifier value -> original Patient id, for the lanes (scratch directory)
 LANE_DIRS = ("dicom", "device_logs", "documents")
 
 IN_PREFIX = "in\t"
@@ -141,10 +154,14 @@ class LaneContext:
         work_dir: Scratch directory.
         key: The HMAC key.
         policy: The loaded policy (``policy.document["dicom"]`` / ``["device_logs"]``).
-        patient_links: PCollection of ``(identifier value, original FHIR Patient id)``; use
-            ``beam.pvalue.AsDict`` and ``components.deidentify.dicom.linkage.link_patient``.
-        known_identifiers: PCollection of ``(original FHIR Patient id, KnownIdentifiers.to_bytes())`` for
-            lanes that redact free text with the patient's own values (``documents``).
+        patient_links: PCollection of one ``LookupFile``: identifier value (MRN, ...) -> original
+            FHIR Patient id (UTF-8; the smallest id when patients share a value); pass it with
+            ``beam.pvalue.AsSingleton``, read it as a ``TextLookup`` and resolve with
+            ``components.deidentify.dicom.linkage.link_patient``.
+        known_identifiers: PCollection of one ``LookupFile``: original FHIR Patient id ->
+            ``KnownIdentifiers.to_bytes()``, for lanes that redact free text with the patient's own
+            values (``documents``); pass it with ``beam.pvalue.AsSingleton`` and read it with a
+            ``LookupReader``.
     """
 
     pipeline: beam.Pipeline
@@ -346,8 +363,11 @@ def merge_known(values: Iterable[bytes]) -> bytes:
     ).to_bytes()
 
 
-def known_of(known: Mapping[str, bytes], patient_id: str | None) -> KnownIdentifiers | None:
-    """The decoded ``KnownIdentifiers`` of one patient from the side input (None when absent)."""
+KnownSource = Mapping[str, bytes] | LookupReader  # patient id -> encoded KnownIdentifiers
+
+
+def known_of(known: KnownSource, patient_id: str | None) -> KnownIdentifiers | None:
+    """The decoded ``KnownIdentifiers`` of one patient (None when absent)."""
     from components.deidentify.free_text import KnownIdentifiers
 
     encoded = known.get(patient_id) if patient_id else None
@@ -365,7 +385,7 @@ class PatientRedactors:
         self._limit = limit
         self._cache: OrderedDict[str, Any] = OrderedDict()
 
-    def get(self, patient_id: str, known: Mapping[str, bytes], stats: Counter[str]) -> Any:
+    def get(self, patient_id: str, known: KnownSource, stats: Counter[str]) -> Any:
         """The redactor of one patient (patterns only, counted, when the export lacks the Patient)."""
         from components.deidentify.free_text import Redactor
 
@@ -386,9 +406,7 @@ class PatientRedactors:
 class LazyPatientRedactor:
     """The free-text redactor of one resource's patient, looked up only when free text is met."""
 
-    def __init__(
-        self, redactors: PatientRedactors, patient_id: str, known: Mapping[str, bytes], stats: Counter[str]
-    ) -> None:
+    def __init__(self, redactors: PatientRedactors, patient_id: str, known: KnownSource, stats: Counter[str]) -> None:
         """Remembers what the lookup needs."""
         self._redactors = redactors
         self._patient_id = patient_id
@@ -433,6 +451,11 @@ class _PolicyFn(beam.DoFn):
         self._rules = rules_of(self._policy)
         self._providers = ProviderRedactorCache()
         self._redactors = PatientRedactors()
+        self._known = LookupReader()
+
+    def teardown(self) -> None:
+        """Closes the known-identifier lookup file."""
+        self._known.close()
 
 
 class DeidentifyFn(_PolicyFn):
@@ -449,7 +472,7 @@ class DeidentifyFn(_PolicyFn):
         element: tuple[str, list[tuple[int, bytes]]],
         crosswalk: Mapping[str, str],
         providers: Sequence[tuple[str, str]],
-        known: Mapping[str, bytes],
+        known_file: LookupFile,
     ) -> Iterator[Any]:
         """De-identifies one batch of resource lines.
 
@@ -460,6 +483,7 @@ class DeidentifyFn(_PolicyFn):
         name = os.path.basename(path)
         stats = self._stats
         provider_redactor = self._providers.get(providers)
+        known = self._known.use(known_file)
         written: dict[str, list[bytes]] = {}
         before = self._seen
         self._seen += len(batch)
@@ -503,6 +527,11 @@ class DeidentifyFn(_PolicyFn):
         """Emits this bundle's counts and latest date."""
         yield beam.pvalue.TaggedOutput(STATS, _emit_once(dict(self._stats)))
         yield beam.pvalue.TaggedOutput(LATEST, _emit_once(self._latest))
+
+
+def smallest_patient_id(patient_ids: list[bytes]) -> bytes:
+    """The patient an identifier value shared by several Patients links to (the smallest id, stable)."""
+    return min(patient_ids)
 
 
 def patient_links(patient: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
@@ -734,9 +763,14 @@ def run_deidentify(
             | "DistinctProviderValues" >> beam.Distinct()
             | "ProviderValues" >> beam.combiners.ToList()
         )
-        known = targets[KNOWN] | "OnePatientPerId" >> beam.CombinePerKey(merge_known)
+        known = (
+            targets[KNOWN]
+            | "KnownParts" >> beam.ParDo(WriteLookupPartsFn(_join(work_dir, LOOKUP_PARTS_DIR), "known"))
+            | "AllKnownParts" >> beam.combiners.ToList()
+            | "MergeKnownParts" >> beam.Map(merge_lookup_parts, _join(work_dir, KNOWN_FILE), merge_known)
+        )
         parsed = lines.lines | "Deidentify" >> beam.ParDo(
-            DeidentifyFn(key, policy, reid), crosswalk, providers, beam.pvalue.AsDict(known)
+            DeidentifyFn(key, policy, reid), crosswalk, providers, beam.pvalue.AsSingleton(known)
         ).with_outputs(DEAD, STATS, LATEST, REID, main="resources")
         end_of_data = parsed[LATEST] | "EndOfData" >> beam.CombineGlobally(lambda days: max(days, default=""))
         patient_lines = _read_lines(pipeline, "PatientInput", input_files, count=False)
@@ -745,8 +779,14 @@ def run_deidentify(
             end_of_data=beam.pvalue.AsSingleton(end_of_data),
             providers=providers,
         ).with_outputs(STATS, REID, main="patients")
-        links = targets[LINKS]
         lane_stats, lane_dead = [], []
+        links = (
+            targets[LINKS]
+            | "EncodeLinks" >> beam.Map(lambda link: (link[0], link[1].encode("utf-8")))
+            | "LinkParts" >> beam.ParDo(WriteLookupPartsFn(_join(work_dir, LOOKUP_PARTS_DIR), "links"))
+            | "AllLinkParts" >> beam.combiners.ToList()
+            | "MergeLinkParts" >> beam.Map(merge_lookup_parts, _join(work_dir, LINKS_FILE), smallest_patient_id)
+        )
         for lane in lanes:
             context = LaneContext(
                 pipeline,
