@@ -16,8 +16,11 @@ the stage's own residual-PHI scan. Unambiguous values (ids, identifiers, telecom
 maiden names, street lines) are searched in every output line; ambiguous ones (single name words,
 cities, ZIP codes, dates and date-times) only in the output resources of the same patient (linked
 through each tool's patient pseudonym), so another patient's shifted date is not miscounted as a
-leak. For clinflow the top matched values are printed, so a hit can be judged (e.g. a family name
-that is also a coded display such as the race ``White``).
+leak. The stage's own rule for codes applies to both tools: a value equal to the whole ``code`` of a
+coding of a standard terminology (``phi_scan.TERMINOLOGY_SYSTEMS``: an MRN that is also a SNOMED CT
+concept id) is that code, not a leak; such matches are counted apart. For clinflow the top matched
+values are printed, so a hit can be judged (e.g. a family name that is also a coded display such as
+the race ``White``).
 
     .venvs/platform/bin/python bench/deid_fhir.py                       # 2000 generated patients (+ shared data)
     .venvs/platform/bin/python bench/deid_fhir.py --workers 2 --no-shared   # also 2 DirectRunner worker processes
@@ -49,6 +52,7 @@ import baseline_safe_harbor as baseline
 
 from clinflow.synthetic import generate_fhir_bulk
 from components.deidentify.keys import pseudonym
+from components.deidentify.phi_scan import TERMINOLOGY_SYSTEMS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_EXPORT = REPO_ROOT.parent / "shared" / "data" / "fhir-bulk-100"
@@ -255,15 +259,45 @@ def decoded_attachments(value, found):
     return found
 
 
+def blank_terminology_codes(value, codes):
+    """A copy of ``value`` without the ``code`` of codings of a standard terminology (appended to ``codes``)."""
+    if isinstance(value, dict):
+        terminology = value.get("system") in TERMINOLOGY_SYSTEMS and isinstance(value.get("code"), str)
+        if terminology:
+            codes.append(value["code"])
+        return {
+            key: blank_terminology_codes(item, codes)
+            for key, item in value.items()
+            if not (terminology and key == "code")
+        }
+    if isinstance(value, list):
+        return [blank_terminology_codes(item, codes) for item in value]
+    return value
+
+
+def coded_matches(codes, global_index):
+    """Per category, the terminology codes that are, whole, an unambiguous input value (not leaks)."""
+    found = Counter()
+    for code in codes:
+        parts = tokens(code)
+        matched = []
+        global_index.hits(parts, matched)
+        found.update(category for category, value in matched if value == parts)
+    return found
+
+
 def scan_output(directory, global_index, per_patient, patient_by_pseudonym):
-    """Counts hits per category, per (resource type, category) and per matched value, and linked resources."""
-    totals, by_type, values = Counter(), Counter(), Counter()
+    """Hits per category, per (resource type, category) and per value; linked resources; coded matches."""
+    totals, by_type, values, coded = Counter(), Counter(), Counter(), Counter()
     linked = resources = 0
     for line in read_resources(directory):
         resources += 1
         resource = json.loads(line)
         resource_type = resource.get("resourceType", "?")
-        text = " ".join([line, *decoded_attachments(resource, [])])
+        codes = []
+        searched = json.dumps(blank_terminology_codes(resource, codes))
+        coded.update(coded_matches(codes, global_index))
+        text = " ".join([searched, *decoded_attachments(resource, [])])
         line_tokens = tokens(text)
         matched = []
         hits = global_index.hits(line_tokens, matched)
@@ -277,7 +311,7 @@ def scan_output(directory, global_index, per_patient, patient_by_pseudonym):
             by_type[resource_type, category] += count
         for category, parts in matched:
             values[resource_type, category, " ".join(parts)] += 1
-    return totals, by_type, values, linked, resources
+    return totals, by_type, values, linked, resources, coded
 
 
 # --------------------------------------------------------------------------- runs
@@ -382,7 +416,7 @@ def bench_dataset(label, source, work, overhead, workers=0):
     for tool, (directory, mapping) in tools.items():
         started = time.perf_counter()
         results[tool] = scan_output(directory, global_index, per_patient, mapping)
-        _, _, _, linked, resources = results[tool]
+        _, _, _, linked, resources, _ = results[tool]
         seconds = time.perf_counter() - started
         print(f"scanned {tool}: {resources:,} resources ({linked:,} linked to a patient) in {seconds:.1f} s")
     sizes = global_index.size + sum((index.size for index in per_patient.values()), Counter())
@@ -392,7 +426,9 @@ def bench_dataset(label, source, work, overhead, workers=0):
     ]
     rows.append(["TOTAL", f"{sum(sizes.values()):,}", *[f"{sum(results[t][0].values()):,}" for t in results]])
     print_table("Leak analysis: hits of input PHI values in the output", rows, ["category", "values", *results])
-    for tool, (_, by_type, values, _, _) in results.items():
+    coded = {tool: sum(result[5].values()) for tool, result in results.items()}
+    print("values equal to a whole terminology code (the code itself, not counted above): " + str(coded))
+    for tool, (_, by_type, values, _, _, _) in results.items():
         if by_type:
             print(f"\n{tool} leaks by resource type (top 15):")
             for (resource_type, category), hits in by_type.most_common(15):
