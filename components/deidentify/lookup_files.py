@@ -14,9 +14,12 @@ stage's memory that grew with the number of patients. Here they go to disk inste
 * the result is a ``LookupFile``: a few bytes, passed as a singleton side input; each worker
   opens the file once, read-only, through ``LookupReader`` (SQLite's page cache: about 2 MB).
 
-The scratch directory may be on any Beam filesystem: parts and the merged file are built in a
-local temporary file and moved there; a worker that reads a remote file copies it to local disk
-once. Values are opaque bytes; keys are text.
+The files hold identifiers (the known identifiers are PHI), so they are built where the stage
+deletes them at the end: in the scratch directory itself when it is local (the stage's ``finally``
+removes it, failed runs included). A remote scratch directory (``gs://...``) gets its files from a
+local temporary file that is moved there (removed on failure too); a worker that reads a remote
+file copies it to local disk once and removes the copy on teardown. Values are opaque bytes; keys
+are text.
 """
 
 from __future__ import annotations
@@ -65,8 +68,17 @@ def is_local(path: str) -> bool:
     return isinstance(FileSystems.get_filesystem(path), LocalFileSystem)
 
 
-def _new_local_database(directory: str | None = None) -> tuple[str, sqlite3.Connection]:
-    """A new, empty local SQLite file set up for bulk writing (no journal, no fsync)."""
+def _new_local_database(destination_dir: str) -> tuple[str, sqlite3.Connection]:
+    """A new, empty local SQLite file for bulk writing (no journal, no fsync), in ``destination_dir`` if local.
+
+    Args:
+        destination_dir: Where the finished file goes (any Beam filesystem); a remote one gets a
+            file in the system's temporary directory, moved there by ``_publish``.
+    """
+    directory = None
+    if is_local(destination_dir):
+        directory = os.path.abspath(destination_dir)
+        os.makedirs(directory, exist_ok=True)
     handle, local = tempfile.mkstemp(prefix="clinflow-lookup-", suffix=".sqlite", dir=directory)
     os.close(handle)
     connection = sqlite3.connect(local)
@@ -133,7 +145,7 @@ class WriteLookupPartsFn(beam.DoFn):
         if not self._pending:
             return
         if self._connection is None:
-            self._local, self._connection = _new_local_database()
+            self._local, self._connection = _new_local_database(self._parts_dir)
             self._connection.execute(PART_TABLE)
         self._connection.executemany("INSERT INTO pairs VALUES (?, ?)", self._pending)
         self._pending = []
@@ -147,8 +159,16 @@ class WriteLookupPartsFn(beam.DoFn):
         self._connection.close()
         path = FileSystems.join(self._parts_dir, f"{self._name}-{uuid.uuid4().hex}.sqlite")
         _publish(self._local, path)
-        self._connection = None
+        self._connection, self._local = None, None
         yield WindowedValue(path, GlobalWindow().max_timestamp(), (GlobalWindow(),))
+
+    def teardown(self) -> None:
+        """Removes the part of a bundle that failed before it was finished (it holds identifiers)."""
+        connection, local = getattr(self, "_connection", None), getattr(self, "_local", None)
+        if connection is not None:
+            connection.close()
+        if local is not None and os.path.exists(local):
+            os.remove(local)
 
 
 def _copy_parts(parts: Sequence[str], staging: sqlite3.Connection) -> None:
@@ -196,8 +216,9 @@ def merge_lookup_parts(parts: Sequence[str], path: str, merge: Callable[[list[by
     Returns:
         The lookup file's description.
     """
-    staging_path, staging = _new_local_database()
-    final_path, final = _new_local_database(os.path.dirname(staging_path))
+    destination_dir = os.path.dirname(path) if is_local(path) else path.rsplit("/", 1)[0]
+    staging_path, staging = _new_local_database(destination_dir)
+    final_path, final = _new_local_database(destination_dir)
     try:
         staging.execute(PART_TABLE)
         _copy_parts(parts, staging)
@@ -209,10 +230,14 @@ def merge_lookup_parts(parts: Sequence[str], path: str, merge: Callable[[list[by
             final.executemany("INSERT INTO lookup VALUES (?, ?)", batch)
             keys += len(batch)
         final.commit()
+    except BaseException:
+        final.close()
+        os.remove(final_path)
+        raise
     finally:
         staging.close()
-        final.close()
         os.remove(staging_path)
+    final.close()
     _publish(final_path, path)
     if parts:
         FileSystems.delete(list(parts))

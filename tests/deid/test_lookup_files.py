@@ -125,3 +125,33 @@ def test_a_text_lookup_reads_like_the_dict_it_replaces(tmp_path: Path) -> None:
     with pytest.raises(KeyError):
         crosswalk["MRN-9"]
     reader.close()
+
+
+def test_files_are_built_in_the_scratch_directory_and_nothing_else_is_left(tmp_path: Path) -> None:
+    """Lookups hold identifiers: they are built where the stage's cleanup reaches, and no temp file stays."""
+    scratch = tmp_path / "scratch"
+    parts = _write_part(scratch / "parts", [("p1", b"a"), ("p2", b"b")])
+    assert [Path(path).parent for path in parts] == [scratch / "parts"]
+    merge_lookup_parts(parts, str(scratch / "lookup.sqlite"), _join_sorted)
+    assert sorted(path.name for path in scratch.rglob("*") if path.is_file()) == ["lookup.sqlite"]
+
+
+def test_a_bundle_that_fails_before_it_finishes_leaves_no_part(tmp_path: Path) -> None:
+    writer = WriteLookupPartsFn(str(tmp_path / "parts"), "test")
+    writer.start_bundle()
+    for number in range(25_000):  # past one insert batch: the part exists on disk
+        list(writer.process((f"p{number}", b"identifier")) or ())
+    assert list((tmp_path / "parts").iterdir())
+    writer.teardown()  # the runner tears the DoFn down without finish_bundle
+    assert list((tmp_path / "parts").iterdir()) == []
+
+
+def test_a_failed_merge_leaves_neither_staging_nor_result(tmp_path: Path) -> None:
+    parts = _write_part(tmp_path / "parts", [("p1", b"a")]) + _write_part(tmp_path / "parts", [("p1", b"b")])
+
+    def refuse(values: list[bytes]) -> bytes:
+        raise ValueError("cannot merge")
+
+    with pytest.raises(ValueError, match="cannot merge"):
+        merge_lookup_parts(parts, str(tmp_path / "out" / "lookup.sqlite"), refuse)
+    assert list((tmp_path / "out").iterdir()) == []
