@@ -711,12 +711,13 @@ def _parsed_candidates(raw: bytes, bloom: Bloom) -> list[tuple[str, str, int, by
     return found
 
 
-def confirm(categories: Iterable[str], candidates: Iterable[tuple[str, str, int]]) -> Counter[str]:
+def confirm(categories: Iterable[str], candidates: Iterable[tuple[str, str, int, int]]) -> Counter[str]:
     r"""Counts confirmed hits for one join key.
 
     Args:
         categories: PHI categories of the input values with this key (empty: a Bloom false positive).
-        candidates: ``(file kind, flag, token count)`` of output sequences with this key.
+        candidates: ``(file kind, flag, token count, occurrences)`` of output sequences with this key
+            (the scan counts identical candidates together before they are joined).
 
     Returns:
         ``hits\t<kind>\t<category>``, ``vocabulary_matches`` and ``coded_matches`` counts.
@@ -725,14 +726,14 @@ def confirm(categories: Iterable[str], candidates: Iterable[tuple[str, str, int]
     counts: Counter[str] = Counter()
     if not found:
         return counts
-    for kind, flag, length in candidates:
+    for kind, flag, length, occurrences in candidates:
         for category in found:
             if flag == VOCABULARY and length == 1 and category in EXEMPTABLE_CATEGORIES:
-                counts["vocabulary_matches"] += 1
+                counts["vocabulary_matches"] += occurrences
             elif flag == CODED:
-                counts["coded_matches"] += 1
+                counts["coded_matches"] += occurrences
             else:
-                counts[f"hits\t{kind}\t{category}"] += 1
+                counts[f"hits\t{kind}\t{category}"] += occurrences
     return counts
 
 
@@ -747,11 +748,11 @@ def scan_lines_exact(
         if parts is not None:
             bloom.add_sequence(parts)
             by_key.setdefault(seq_key(parts), set()).add(category)
-    candidates: dict[str, list[tuple[str, str, int]]] = {}
+    candidates: dict[str, Counter[tuple[str, str, int]]] = {}
     for line in lines:
         for key, flag, length in line_candidates(line, bloom):
-            candidates.setdefault(key, []).append(("line", flag, length))
+            candidates.setdefault(key, Counter())["line", flag, length] += 1
     total: Counter[str] = Counter()
     for key, found in candidates.items():
-        total.update(confirm(by_key.get(key, set()), found))
+        total.update(confirm(by_key.get(key, set()), [(*candidate, n) for candidate, n in found.items()]))
     return total

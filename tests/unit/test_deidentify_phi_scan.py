@@ -115,8 +115,21 @@ def test_bloom_false_positives_are_not_hits() -> None:
     bloom.array = bytearray(b"\xff" * 8)  # saturated: every sequence is a Bloom positive
     candidates = list(line_candidates('{"x":"windmil"}', bloom))
     assert candidates  # positives from the saturated filter ...
-    assert confirm([], [("line", flag, n) for _, flag, n in candidates]) == Counter()  # ... confirmed as none
-    assert confirm(["names"], [("line", "strict", 1)]) == Counter({"hits\tline\tnames": 1})
+    assert confirm([], [("line", flag, n, 1) for _, flag, n in candidates]) == Counter()  # ... confirmed as none
+    assert confirm(["names"], [("line", "strict", 1, 1)]) == Counter({"hits\tline\tnames": 1})
+
+
+def test_candidates_counted_together_confirm_as_many_hits_as_their_occurrences() -> None:
+    counted = [("Encounter", "strict", 1, 5), ("Condition", "coded", 1, 17_065), ("Note", "vocabulary", 1, 2)]
+    assert confirm(["identifiers", "names"], counted) == Counter(
+        {
+            "hits\tEncounter\tidentifiers": 5,
+            "hits\tEncounter\tnames": 5,
+            "coded_matches": 2 * 17_065,
+            "vocabulary_matches": 2,  # names may be a vocabulary word (race display "White") ...
+            "hits\tNote\tidentifiers": 2,  # ... identifiers may not
+        }
+    )
     assert seq_key(("a", "b")) != seq_key(("ab",))
 
 
