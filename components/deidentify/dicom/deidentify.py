@@ -32,7 +32,6 @@ re-encoding with pydicom (``tests/dicom/test_writer.py``), except that the 128-b
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -47,6 +46,7 @@ from pydicom.datadict import DicomDictionary
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.hooks import hooks, raw_element_vr
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -261,7 +261,11 @@ def _remap_uid(ctx: _Context, value: str) -> str:
 
 
 def _values(elem: DataElement) -> list[Any]:
-    value = elem.value
+    return _value_list(elem.value)
+
+
+def _value_list(value: Any) -> list[Any]:
+    """The values of an element value (``[]`` when empty, one item unless it is multi-valued)."""
     if value is None or value == "":
         return []
     if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
@@ -868,6 +872,10 @@ def deidentify_dicom(
 
 
 # --------------------------------------------------------------------------- residual-PHI scan
+#
+# The lane's self-check lives in :mod:`.residual` (pydicom reads the input and the output); the rules
+# for the identifying values of an input are here, because cleaned free text uses them too
+# (:func:`_scrub_words`).
 
 
 def _category(vr: str, keyword: str) -> str:
@@ -882,19 +890,24 @@ def _category(vr: str, keyword: str) -> str:
     return "text"
 
 
-def _value_strings(elem: DataElement) -> list[str]:
+def _strings_of(value: Any) -> list[str]:
+    """The text of each value of an element's (converted) value: printable UTF-8 bytes, or ``str``."""
     out = []
-    for value in _values(elem):
-        if isinstance(value, bytes):
+    for item in _value_list(value):
+        if isinstance(item, bytes):
             try:
-                text = value.decode("utf-8").strip("\x00 ")
+                text = item.decode("utf-8").strip("\x00 ")
             except UnicodeDecodeError:
                 continue
             if text.isprintable():
                 out.append(text)
-        elif not isinstance(value, Dataset):
-            out.append(str(value).strip())
+        elif not isinstance(item, Dataset):
+            out.append(str(item).strip())
     return out
+
+
+def _value_strings(elem: DataElement) -> list[str]:
+    return _strings_of(elem.value)
 
 
 _ASCII_DECODED_VRS = frozenset({"AS", "CS", "DA", "DT", "TM", "UI"})
@@ -918,6 +931,141 @@ def _worth_scanning(value: str, category: str) -> bool:
     return len(value) >= 4 and value.strip("0 .-^") != "" and value.upper() != DUMMY_TEXT
 
 
+def is_private_creator(tag: int) -> bool:
+    """Whether a tag is a private creator element (odd group, element 0x0010-0x00FF)."""
+    return bool(tag >> 16 & 1) and 0x0010 <= tag & 0xFFFF <= 0x00FF
+
+
+class IdentifyingValues:
+    """Collects the identifying values of an input, one element at a time (see :func:`dicom_identifying_values`).
+
+    The rules live here once; :func:`dicom_identifying_values` feeds it the elements of a pydicom dataset.
+    """
+
+    def __init__(self, policy: DicomPolicy, table: ProfileTable) -> None:
+        self._policy = policy
+        self._table = table
+        self._plans = _plans_for(policy, table)
+        self._found: dict[tuple[str, str], None] = {}
+        self._kept: set[str] = set()
+
+    def add(self, category: str, value: str) -> None:
+        """Records a value (and a name's components) when it is worth scanning for."""
+        if _worth_scanning(value, category):
+            self._found[(category, value)] = None
+        if category == "name":
+            for part in re.split(r"[\^=]", value):
+                if len(part.strip()) >= 4 and part.strip().upper() != DUMMY_TEXT:
+                    self._found[("name_part", part.strip())] = None
+
+    def meta_element(self, tag: int, vr: str, text: str) -> None:
+        """A file meta element: its non-standard UIDs and AE titles (``text`` is ``str(value)``)."""
+        if tag == 0x00020012:
+            return  # Implementation Class UID names the writing software, not the patient
+        if vr == "UI":
+            self.add("uid", text)
+        elif vr == "AE":
+            self.add("text", text.strip())
+
+    # VRs of undecoded public elements that cannot hold a value (not text, or times and ages)
+    SKIPPED_RAW_VRS = frozenset(vr for vr in _RAW_VRS if vr in ("TM", "AS") or vr not in STRING_VRS)
+
+    @classmethod
+    def skips(cls, tag: int, raw_vr: str | None) -> bool:
+        """Whether an undecoded public element cannot hold a value (``raw_vr`` from :func:`_raw_vr`)."""
+        return not tag >> 16 & 1 and raw_vr in cls.SKIPPED_RAW_VRS
+
+    def element(self, tag: int, vr: str, strings: list[str]) -> None:
+        """A dataset element (not a sequence, not a private creator) with its value strings."""
+        if tag >> 16 & 1:
+            for value in strings:
+                if not _NUMERIC_TEXT.match(value):
+                    self.add("private", value)
+            return
+        if vr in ("TM", "AS") or vr not in STRING_VRS:
+            return
+        plan = self._plans.get((tag, vr)) or self._plans.setdefault(
+            (tag, vr), _make_plan(self._table, self._policy.options, tag, vr)
+        )
+        action = "D" if tag in (PATIENT_ID, PATIENT_NAME) else plan.action
+        if action == "K" or (action == "C" and vr not in ("DA", "DT", "UI")):
+            self._kept.update(value.casefold() for value in strings)
+            return
+        category = _category(vr, _keyword(tag))
+        for value in strings:
+            self.add(category, value)
+
+    def values(self) -> list[tuple[str, str]]:
+        """The values found, without those the profile keeps elsewhere in a public attribute."""
+        kept_folded = "\n".join(self._kept).casefold()
+        return [
+            (category, value)
+            for category, value in self._found
+            if not _contains_whole_word(kept_folded, value.casefold())
+        ]
+
+
+_SPECIFIC_CHARACTER_SET = 0x00080005
+
+
+def raw_value_strings(dataset: Dataset, raw: RawDataElement) -> list[str] | None:
+    """:func:`_value_strings` of ``dataset[raw.tag]`` for a raw element of a plain VR, without a ``DataElement``.
+
+    An element read (not deferred) with a VR that needs no resolving (not a sequence, not ``UN``, not
+    ambiguous or unknown) gets its value from pydicom's ``raw_element_value`` hook, called as
+    ``Dataset.__getitem__`` calls it (same VR, character set and dataset); the dataset is left as read.
+
+    Args:
+        dataset: The dataset pydicom read ``raw`` into.
+        raw: One of its raw elements.
+
+    Returns:
+        The value strings, or ``None`` when pydicom's element conversion must decide (``dataset[tag]``).
+    """
+    vr = _raw_vr(raw)
+    if vr is None or raw.value is None or raw.tag == _SPECIFIC_CHARACTER_SET or not _default_vr_hooks():
+        return None
+    data: dict[str, Any] = {"VR": vr}
+    encoding = dataset.original_character_set or dataset._character_set
+    try:
+        hooks.raw_element_value(raw, data, encoding=encoding, ds=dataset, **hooks.raw_element_kwargs)
+    except Exception:  # dataset[tag] raises it, or decides otherwise
+        return None
+    if data["VR"] != vr:  # a wrong length read as UN: dataset[tag] decides
+        return None
+    return _strings_of(data["value"])
+
+
+def _default_vr_hooks() -> bool:
+    """Whether pydicom resolves raw elements' VRs its default way (no callback replaces it)."""
+    return hooks.raw_element_vr is raw_element_vr and pydicom.config.data_element_callback is None
+
+
+def _walk_identifying(collector: IdentifyingValues, dataset: Dataset) -> None:
+    elements = dataset._dict
+    for tag in sorted(elements, key=int):
+        raw = elements[tag]
+        tag_int = int(tag)
+        if is_private_creator(tag_int):
+            continue
+        strings: list[str] | None = None
+        if isinstance(raw, RawDataElement):
+            vr = _raw_vr(raw)
+            if collector.skips(tag_int, vr):
+                continue  # not a string: no need to decode it
+            strings = _fast_strings(raw)
+            if strings is None:
+                strings = raw_value_strings(dataset, raw)
+        if strings is None:
+            elem = dataset[tag]
+            if elem.VR == "SQ":
+                for item in elem.value or []:
+                    _walk_identifying(collector, item)
+                continue
+            vr, strings = elem.VR, _value_strings(elem)
+        collector.element(tag_int, str(vr), strings)
+
+
 def dicom_identifying_values(
     ds: Dataset, policy: DicomPolicy | None = None, table: ProfileTable | None = None
 ) -> list[tuple[str, str]]:
@@ -938,114 +1086,19 @@ def dicom_identifying_values(
         ``(category, value)`` pairs, deduplicated, in first-seen order; categories are ``name``,
         ``name_part``, ``identifier``, ``date``, ``uid``, ``text`` and ``private``.
     """
-    policy = policy or DicomPolicy()
-    table = table or load_table()
-    found: dict[tuple[str, str], None] = {}
-    kept_values: set[str] = set()
-
-    def add(category: str, value: str) -> None:
-        if _worth_scanning(value, category):
-            found[(category, value)] = None
-        if category == "name":
-            for part in re.split(r"[\^=]", value):
-                if len(part.strip()) >= 4 and part.strip().upper() != DUMMY_TEXT:
-                    found[("name_part", part.strip())] = None
-
-    plans = _plans_for(policy, table)
-
-    def walk(dataset: Dataset) -> None:
-        elements = dataset._dict
-        for tag in sorted(elements, key=int):
-            raw = elements[tag]
-            tag_int = int(tag)
-            private = tag_int >> 16 & 1
-            if private and 0x0010 <= tag_int & 0xFFFF <= 0x00FF:
-                continue  # private creator
-            strings: list[str] | None = None
-            if isinstance(raw, RawDataElement):
-                vr = _raw_vr(raw)
-                if vr is not None and not private and (vr in ("TM", "AS") or vr not in STRING_VRS):
-                    continue  # not a string: no need to decode it
-                strings = _fast_strings(raw)
-            if strings is None:
-                elem = dataset[tag]
-                if elem.VR == "SQ":
-                    for item in elem.value or []:
-                        walk(item)
-                    continue
-                vr, keyword, strings = elem.VR, elem.keyword, _value_strings(elem)
-            else:
-                keyword = _keyword(tag_int)
-            if private:
-                for value in strings:
-                    if not _NUMERIC_TEXT.match(value):
-                        add("private", value)
-                continue
-            if vr in ("TM", "AS") or vr not in STRING_VRS:
-                continue
-            plan = plans.get((tag_int, vr)) or plans.setdefault(
-                (tag_int, vr), _make_plan(table, policy.options, tag_int, vr)
-            )
-            action = "D" if tag_int in (PATIENT_ID, PATIENT_NAME) else plan.action
-            if action == "K" or (action == "C" and vr not in ("DA", "DT", "UI")):
-                kept_values.update(value.casefold() for value in strings)
-                continue
-            category = _category(vr, keyword)
-            for value in strings:
-                add(category, value)
-
+    collector = IdentifyingValues(policy or DicomPolicy(), table or load_table())
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         for elem in meta:
-            if elem.tag == 0x00020012:
-                continue  # Implementation Class UID names the writing software, not the patient
-            if elem.VR == "UI":
-                add("uid", str(elem.value))
-            elif elem.VR == "AE":
-                add("text", str(elem.value).strip())
-    walk(ds)
-    # A value equal to one the profile keeps in a public attribute (a body part, a coding scheme) is not PHI.
-    kept_text = "\n".join(kept_values)
-    kept_folded = kept_text.casefold()
-    return [(category, value) for category, value in found if not _contains_whole_word(kept_folded, value.casefold())]
-
-
-def _dataset_strings(dataset: Dataset) -> Iterable[tuple[str, str]]:
-    elements = dataset._dict
-    for tag in sorted(elements, key=int):
-        if int(tag) in PIXEL_DATA_TAGS:
-            continue
-        raw = elements[tag]
-        strings = _fast_strings(raw) if isinstance(raw, RawDataElement) else None
-        if strings is not None:
-            where = _keyword(int(tag)) or f"private{raw.tag}"
-            for value in strings:
-                yield where, value
-            continue
-        elem = dataset[tag]
-        if elem.VR == "SQ":
-            for item in elem.value or []:
-                yield from _dataset_strings(item)
-            continue
-        for value in _value_strings(elem):
-            yield elem.keyword or f"private{elem.tag}", value
-
-
-def _output_strings(ds: Dataset) -> Iterable[tuple[str, str]]:
-    meta = getattr(ds, "file_meta", None)
-    elements = list(meta) if meta is not None else []
-    for elem in elements:
-        for value in _value_strings(elem):
-            yield elem.keyword or str(elem.tag), value
-    yield from _dataset_strings(ds)
+            collector.meta_element(int(elem.tag), elem.VR, str(elem.value))
+    _walk_identifying(collector, ds)
+    return collector.values()
 
 
 def scan_dicom_output(data: bytes, values: Iterable[tuple[str, str]]) -> Counter[str]:
     """Searches a de-identified file for identifying values of its input.
 
-    Every element is searched (file meta, sequences at any depth, private elements; case-insensitive
-    substring match of the decoded value), and then the raw bytes (UTF-8 and Latin-1 encodings) for
-    values no element matched.
+    See :func:`components.deidentify.dicom.residual.scan_dicom_output` (this is the same function).
 
     Args:
         data: The output file.
@@ -1054,40 +1107,6 @@ def scan_dicom_output(data: bytes, values: Iterable[tuple[str, str]]) -> Counter
     Returns:
         Hits keyed ``<category>:<attribute keyword>`` (or ``<category>:raw_bytes``); empty means clean.
     """
-    hits: Counter[str] = Counter()
-    pairs = list(values)
-    try:
-        ds = pydicom.dcmread(BytesIO(data), force=True)
-        strings = [(where, text.casefold()) for where, text in _output_strings(ds)]
-    except Exception:
-        strings = []
-    # Plain substring tests first: a value whose text is absent cannot match the edge-anchored patterns,
-    # so the regexes only run where the value occurs (bytes patterns are ASCII-case-insensitive, as lower()).
-    all_text = "\n".join(text for _, text in strings)
-    data_lower = data.lower()
-    for category, value in pairs:
-        folded = value.casefold()
-        edge = "0-9a-z." if category == "uid" else "0-9a-z"
-        if folded in all_text:
-            needle = re.compile(f"(?<![{edge}])" + re.escape(folded) + f"(?![{edge}])")
-            matched = False
-            for where, text in strings:
-                if folded in text and needle.search(text):
-                    hits[f"{category}:{where}"] += 1
-                    matched = True
-            if matched:
-                continue
-        encodings = {value.encode("utf-8")}
-        with contextlib.suppress(UnicodeEncodeError):
-            encodings.add(value.encode("latin-1"))
-        encodings = {encoded for encoded in encodings if encoded.lower() in data_lower}
-        if not encodings:
-            continue
-        raw_edge = edge.replace("a-z", "A-Za-z").encode()
-        patterns = [
-            re.compile(b"(?<![" + raw_edge + b"])" + re.escape(enc) + b"(?![" + raw_edge + b"])", re.I)
-            for enc in encodings
-        ]
-        if any(pattern.search(data) for pattern in patterns):
-            hits[f"{category}:raw_bytes"] += 1
-    return hits
+    from components.deidentify.dicom import residual
+
+    return residual.scan_dicom_output(data, values)
