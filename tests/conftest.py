@@ -66,11 +66,23 @@ def hmac_key(monkeypatch: pytest.MonkeyPatch) -> str:
     return key
 
 
-@pytest.fixture(scope="session")
-def legacy_redactor(repo_root: Path) -> ModuleType:
-    """``bench/redactor_speed.py``: holds the frozen copy of the original free-text redactor (differential tests)."""
-    spec = importlib.util.spec_from_file_location("redactor_speed_for_tests", repo_root / "bench" / "redactor_speed.py")
+def load_bench_module(repo_root: Path, file_name: str) -> ModuleType:
+    """Imports a ``bench/`` script as a module (bench scripts keep frozen originals for differential tests)."""
+    path = repo_root / "bench" / file_name
+    spec = importlib.util.spec_from_file_location(f"{path.stem}_for_tests", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def legacy_redactor(repo_root: Path) -> ModuleType:
+    """``bench/redactor_speed.py``: holds the frozen copy of the original free-text redactor (differential tests)."""
+    return load_bench_module(repo_root, "redactor_speed.py")
+
+
+@pytest.fixture(scope="session")
+def legacy_dicom_check(repo_root: Path) -> ModuleType:
+    """``bench/deid_dicom.py``: its ``legacy_*`` functions are the frozen original DICOM residual check."""
+    return load_bench_module(repo_root, "deid_dicom.py")

@@ -10,7 +10,6 @@ outputs with identifying values planted back in different ways.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import struct
 import warnings
@@ -61,13 +60,9 @@ PLANTED_POLICIES = ("header", "retain_safe_clean_descriptors")
 
 
 @pytest.fixture(scope="module")
-def legacy(repo_root: Path) -> ModuleType:
+def legacy(legacy_dicom_check: ModuleType) -> ModuleType:
     """``bench/deid_dicom.py``: its ``legacy_*`` functions are the frozen original check."""
-    spec = importlib.util.spec_from_file_location("deid_dicom_bench_for_tests", repo_root / "bench" / "deid_dicom.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return legacy_dicom_check
 
 
 @pytest.fixture(scope="module")
