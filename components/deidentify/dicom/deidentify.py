@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from io import BytesIO
-from typing import Any
+from typing import Any, AnyStr
 
 import numpy as np
 import pydicom
@@ -644,14 +644,17 @@ def _mark_deidentified(ds: Dataset, policy: DicomPolicy, table: ProfileTable, pi
 _WORD_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
 
 
-def _contains_whole_word(text: str, needle: str) -> bool:
-    """True when ``needle`` occurs in ``text`` with no ASCII letter or digit glued to either side."""
+def contains_whole_word(text: AnyStr, needle: AnyStr, word: Container[object] = _WORD_CHARS) -> bool:
+    """True when ``needle`` occurs in ``text`` with no character of ``word`` glued to either side.
+
+    Works on text and on bytes (``word`` then holds byte values); an empty needle is never found.
+    """
     if not needle:
         return False
     start = text.find(needle)
     while start != -1:
         end = start + len(needle)
-        if (start == 0 or text[start - 1] not in _WORD_CHARS) and (end == len(text) or text[end] not in _WORD_CHARS):
+        if (start == 0 or text[start - 1] not in word) and (end == len(text) or text[end] not in word):
             return True
         start = text.find(needle, start + 1)
     return False
@@ -1001,7 +1004,7 @@ class IdentifyingValues:
         return [
             (category, value)
             for category, value in self._found
-            if not _contains_whole_word(kept_folded, value.casefold())
+            if not contains_whole_word(kept_folded, value.casefold())
         ]
 
 

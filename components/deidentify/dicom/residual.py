@@ -42,6 +42,7 @@ from components.deidentify.dicom.deidentify import (
     _fast_strings,
     _keyword,
     _value_strings,
+    contains_whole_word,
     dicom_identifying_values,
     raw_value_strings,
 )
@@ -233,32 +234,11 @@ class _OutputTexts:
             self._texts = [(where, text.casefold()) for where, text in texts]
         if folded not in self._all_folded:
             return []
-        return [where for where, text in self._texts if folded in text and _whole_word(text, folded, word_chars)]
+        texts = self._texts
+        return [where for where, text in texts if folded in text and contains_whole_word(text, folded, word_chars)]
 
 
 # --------------------------------------------------------------------------- search
-
-
-def _whole_word(text: str, needle: str, word_chars: frozenset[str]) -> bool:
-    """True when ``needle`` occurs in ``text`` with no character of ``word_chars`` glued to either side."""
-    start = text.find(needle)
-    while start != -1:
-        end = start + len(needle)
-        if (start == 0 or text[start - 1] not in word_chars) and (end == len(text) or text[end] not in word_chars):
-            return True
-        start = text.find(needle, start + 1)
-    return False
-
-
-def _whole_word_bytes(data: bytes, needle: bytes, word_bytes: frozenset[int]) -> bool:
-    """:func:`_whole_word` for bytes (``data`` and ``needle`` lowercased)."""
-    start = data.find(needle)
-    while start != -1:
-        end = start + len(needle)
-        if (start == 0 or data[start - 1] not in word_bytes) and (end == len(data) or data[end] not in word_bytes):
-            return True
-        start = data.find(needle, start + 1)
-    return False
 
 
 def _encodings(value: str) -> set[bytes]:
@@ -354,7 +334,7 @@ class _RawSearch:
             return False
         lower = self._lower_data()
         word_bytes = _UID_BYTES if uid else _WORD_BYTES
-        return any(_whole_word_bytes(lower, needle, word_bytes) for needle in needles)
+        return any(contains_whole_word(lower, needle, word_bytes) for needle in needles)
 
 
 def scan_dicom_output(data: bytes, values: Iterable[tuple[str, str]]) -> Counter[str]:
